@@ -1,0 +1,42 @@
+//! Answer-to-reset construction.
+//!
+//! Both interfaces use the same structure:
+//! `3B 8K 80 01 <K historical bytes> TCK`: TS direct convention; T0 announces TD1 and K
+//! historical bytes; TD1 = 80 (T=0, TD2 follows); TD2 = 01 (T=1); TCK is the XOR of T0 to
+//! the last historical byte. For a contactless card this is exactly the PC/SC Part 3 ATR
+//! that a reader builds for an ISO 14443-4 card from the ATS historical bytes.
+
+/// Default historical bytes: category indicator 80, then the compact-TLV object
+/// "card issuer's data" (tag 5, 7 bytes): "TESRA" and version 1.0.
+pub const DEFAULT_HISTORICAL: [u8; 9] = [0x80, 0x57, b'T', b'E', b'S', b'R', b'A', 0x01, 0x00];
+
+/// Build an ATR from historical bytes (at most 15 are used).
+pub fn build(historical: &[u8]) -> Vec<u8> {
+    let hist = historical.get(..historical.len().min(15)).unwrap_or(&[]);
+    let mut atr = vec![0x3B, 0x80 | hist.len() as u8, 0x80, 0x01];
+    atr.extend_from_slice(hist);
+    let tck = atr.iter().skip(1).fold(0u8, |a, b| a ^ b);
+    atr.push(tck);
+    atr
+}
+
+/// Check the TCK of an ATR that announces T=1 (XOR of T0..TCK is zero).
+pub fn tck_ok(atr: &[u8]) -> bool {
+    atr.len() >= 3 && atr.iter().skip(1).fold(0u8, |a, b| a ^ b) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcsc_part3_shape() {
+        // ATS historical bytes of a typical ISO 14443-4 card give 3B 8n 80 01 ... TCK.
+        let atr = build(&[0x80, 0x73, 0xC0, 0x21, 0xC0, 0x57, 0x59, 0x75, 0x62, 0x69, 0x4B, 0x65, 0x79]);
+        assert_eq!(&atr[..4], &[0x3B, 0x8D, 0x80, 0x01]);
+        assert!(tck_ok(&atr));
+        // Published example (PC/SC Part 3, empty historical bytes): 3B 80 80 01 01.
+        assert_eq!(build(&[]), vec![0x3B, 0x80, 0x80, 0x01, 0x01]);
+        assert!(build(&DEFAULT_HISTORICAL).len() <= 33);
+    }
+}

@@ -1,0 +1,213 @@
+//! Card images: a whole card (profile, OS state, instances and their memory) in one file.
+//!
+//! Layout (all integers big-endian):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `TSRACARD` |
+//! | 8 | 2 | format version (1) |
+//! | 10 | 2 | flags (0) |
+//! | 12 | 4 | profile length P |
+//! | 16 | P | profile ([`CardProfile`], postcard) |
+//! | 16+P | 8 | NVM length N |
+//! | 24+P | N | NVM: the store log compacted to one batch |
+//! | 24+P+N | 4 | CRC-32 (IEEE) of every preceding byte |
+//!
+//! Saving writes a temporary file beside the target, syncs it, renames it over the target
+//! and syncs the directory: a cut at any byte leaves the old image or the new one. An
+//! existing file at the target that is not a Tessera image is never overwritten.
+
+use crate::applet::LoadFile;
+use crate::card::{Card, CardProfile};
+use crate::store::Store;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: &[u8; 8] = b"TSRACARD";
+pub const VERSION: u16 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not a Tessera card image (bad magic)")]
+    NotAnImage,
+    #[error("card image format version {0} is not supported (this build reads version {VERSION})")]
+    UnsupportedVersion(u16),
+    #[error("card image is damaged: {0}")]
+    Damaged(&'static str),
+    #[error("card image checksum mismatch: the file is damaged")]
+    Checksum,
+    #[error("card image names load files this program does not provide: {0}")]
+    MissingLoadFiles(String),
+    #[error("refusing to overwrite {0}: it exists and is not a Tessera card image")]
+    WouldOverwrite(PathBuf),
+    #[error("power is on with a command in progress")]
+    Busy,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Serialize a card to image bytes.
+pub fn to_bytes(card: &Card) -> Vec<u8> {
+    let profile = postcard::to_allocvec(card.profile()).unwrap_or_default();
+    let nvm = card.store().snapshot_log();
+    let mut out = Vec::with_capacity(28 + profile.len() + nvm.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_be_bytes());
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out.extend_from_slice(&(profile.len() as u32).to_be_bytes());
+    out.extend_from_slice(&profile);
+    out.extend_from_slice(&(nvm.len() as u64).to_be_bytes());
+    out.extend_from_slice(&nvm);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+fn field<'a>(b: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], ImageError> {
+    let end = at.checked_add(n).ok_or(ImageError::Damaged("length overflow"))?;
+    let s = b.get(*at..end).ok_or(ImageError::Damaged("truncated"))?;
+    *at = end;
+    Ok(s)
+}
+
+/// Parse image bytes into a card (powered off).
+pub fn from_bytes(bytes: &[u8], load_files: Vec<LoadFile>) -> Result<Card, ImageError> {
+    if bytes.len() < 8 || bytes.get(..8) != Some(&MAGIC[..]) {
+        return Err(ImageError::NotAnImage);
+    }
+    let mut at = 8;
+    let version = u16::from_be_bytes(
+        field(bytes, &mut at, 2)?
+            .try_into()
+            .map_err(|_| ImageError::Damaged("version"))?,
+    );
+    if version != VERSION {
+        return Err(ImageError::UnsupportedVersion(version));
+    }
+    if bytes.len() < 28 {
+        return Err(ImageError::Damaged("truncated"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let crc = u32::from_be_bytes(crc.try_into().map_err(|_| ImageError::Damaged("crc"))?);
+    if crc32fast::hash(body) != crc {
+        return Err(ImageError::Checksum);
+    }
+    let _flags = field(body, &mut at, 2)?;
+    let plen = u32::from_be_bytes(field(body, &mut at, 4)?.try_into().map_err(|_| ImageError::Damaged("profile length"))?) as usize;
+    let profile: CardProfile =
+        postcard::from_bytes(field(body, &mut at, plen)?).map_err(|_| ImageError::Damaged("profile"))?;
+    let nlen = u64::from_be_bytes(field(body, &mut at, 8)?.try_into().map_err(|_| ImageError::Damaged("nvm length"))?);
+    let nlen = usize::try_from(nlen).map_err(|_| ImageError::Damaged("nvm length"))?;
+    let nvm = field(body, &mut at, nlen)?.to_vec();
+    if at != body.len() {
+        return Err(ImageError::Damaged("trailing bytes"));
+    }
+    let nvm_len = nvm.len();
+    let store = Store::from_log(nvm, profile.memory_quota);
+    if store.nvm().bytes().len() != nvm_len {
+        return Err(ImageError::Damaged("memory log does not replay"));
+    }
+    let card = Card::from_parts(profile, load_files, store);
+    let missing = card.missing_load_files();
+    if !missing.is_empty() {
+        return Err(ImageError::MissingLoadFiles(missing.join(", ")));
+    }
+    Ok(card)
+}
+
+/// Whether the file at `path` starts with the image magic.
+fn is_image_file(path: &Path) -> Result<bool, ImageError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut head = [0u8; 8];
+    let mut n = 0;
+    while n < 8 {
+        let r = f.read(head.get_mut(n..).unwrap_or(&mut [])).map_err(io(path))?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    Ok(n == 8 && &head == MAGIC)
+}
+
+/// Save crash-safely. `cut_after` (tests) stops writing the temporary file after that many
+/// bytes, as a crash would, and leaves the target untouched.
+pub(crate) fn save(card: &Card, path: &Path, cut_after: Option<usize>) -> Result<(), ImageError> {
+    if path.exists() && !is_image_file(path)? {
+        return Err(ImageError::WouldOverwrite(path.to_path_buf()));
+    }
+    let bytes = to_bytes(card);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "card".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        match cut_after {
+            Some(k) => {
+                f.write_all(bytes.get(..k.min(bytes.len())).unwrap_or(&[])).map_err(io(&tmp))?;
+                return Err(ImageError::Io {
+                    path: tmp,
+                    source: std::io::Error::other("simulated crash while saving"),
+                });
+            }
+            None => f.write_all(&bytes).map_err(io(&tmp))?,
+        }
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Open an image file.
+pub fn open(path: &Path, load_files: Vec<LoadFile>) -> Result<Card, ImageError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    from_bytes(&bytes, load_files)
+}
+
+impl Card {
+    /// The card as image bytes.
+    pub fn to_image_bytes(&self) -> Vec<u8> {
+        to_bytes(self)
+    }
+
+    /// A card from image bytes, with the load files this program provides.
+    pub fn from_image_bytes(bytes: &[u8], load_files: Vec<LoadFile>) -> Result<Card, ImageError> {
+        from_bytes(bytes, load_files)
+    }
+
+    /// Save to a file, crash-safely (see the module documentation).
+    pub fn save_image(&self, path: impl AsRef<Path>) -> Result<(), ImageError> {
+        save(self, path.as_ref(), None)
+    }
+
+    #[doc(hidden)]
+    pub fn save_image_cut(&self, path: impl AsRef<Path>, cut_after: usize) -> Result<(), ImageError> {
+        save(self, path.as_ref(), Some(cut_after))
+    }
+
+    /// Open an image file.
+    pub fn open_image(path: impl AsRef<Path>, load_files: Vec<LoadFile>) -> Result<Card, ImageError> {
+        open(path.as_ref(), load_files)
+    }
+}
