@@ -30,6 +30,7 @@
 pub mod applet;
 pub mod atr;
 pub mod card;
+pub mod diag;
 pub mod image;
 pub mod pin;
 pub mod store;

@@ -1,0 +1,9 @@
+//! The applet types ("load files") compiled into the `tessera` program. Card images name
+//! the load files of their instances; opening an image needs every one of them here.
+
+use tessera_os::LoadFile;
+
+/// Every load file this program provides.
+pub fn load_files() -> Vec<LoadFile> {
+    vec![tessera_os::diag::load_file(), tessera_os::diag::load_file_multi()]
+}

@@ -1,0 +1,1 @@
+//! Opening `--card FILE` / `--reader NAME` targets (in progress).
