@@ -196,3 +196,24 @@ impl Applet for Diag {
         Ok(out)
     }
 }
+
+/// AID of the multi-selectable diag instance on the conformance card.
+pub const MULTI_INSTANCE_AID: [u8; 7] = [0xF0, 0x54, 0x45, 0x53, 0x53, 0x01, 0x02];
+
+/// The card every conformance script in `test-vectors/scripts/` runs against: default
+/// profile (contact, T=0-style 61xx when Le is absent, 20 channels, 64 KiB), `diag` at
+/// [`INSTANCE_AID`] and `diag-multi` at [`MULTI_INSTANCE_AID`], nothing default-selected,
+/// fixed RNG seed (zeros), powered on.
+pub fn conformance_card() -> crate::Card {
+    let mut card = crate::Card::builder()
+        .load_file(load_file())
+        .load_file(load_file_multi())
+        .seed([0u8; 32])
+        .build();
+    // Installing into a fresh card with a 64 KiB quota cannot fail; a failure would show
+    // as 6A82 on SELECT in every script.
+    let _ = card.install("diag", &INSTANCE_AID, Default::default(), &[]);
+    let _ = card.install("diag-multi", &MULTI_INSTANCE_AID, Default::default(), &[]);
+    card.power_on();
+    card
+}
