@@ -1,1 +1,4 @@
+//! The purse applet (see docs/applets/purse.md).
 #![forbid(unsafe_code)]
+
+pub mod wire;

@@ -1,0 +1,427 @@
+//! The SAM's wire messages, the one definition used by the SAM applet and its host client.
+//! Purse-facing messages (AuthorizeLoad, LoadAuthorization, AuthorizePurchase,
+//! PurchaseAuthorization, KeyBlob, KeyTransportRequest, TxnStatus) are the purse's: see
+//! `tessera_purse::wire`. Integers big-endian; MACs AES-CMAC truncated to 8 bytes.
+
+pub use tessera_purse::wire::{Mac, PurseId, Reader, WireError, MAC_LEN};
+use tessera_purse::message;
+
+/// SAM applet AID (proprietary RID F0 "TSRA", PIX 03 01).
+pub const SAM_AID: [u8; 7] = [0xF0, 0x54, 0x53, 0x52, 0x41, 0x03, 0x01];
+pub const CLA: u8 = 0x80;
+
+/// Instruction codes (CLA 80 unless noted). Every command except VERIFY and GET SAM DATA
+/// needs the SAM unlocked (6982 otherwise).
+pub mod ins {
+    /// VERIFY the unlock PIN: CLA 00 (or 80), P1 00, P2 81. Unlocks until reset/deselect.
+    pub const VERIFY: u8 = 0x20;
+    /// GET SAM DATA → [`super::SamData`].
+    pub const GET_SAM_DATA: u8 = 0x10;
+    /// GET PERSO PUBLIC KEY (issuer) → DER SubjectPublicKeyInfo of the RSA personalisation key.
+    pub const GET_PERSO_PUBLIC_KEY: u8 = 0x12;
+    /// INIT KEY IMPORT (new SAM, no keys yet) → RSA-OAEP ciphertext of a KeyTransportRequest.
+    pub const INIT_KEY_IMPORT: u8 = 0x14;
+    /// IMPORT KEYS (new SAM): data = KeyBlob.
+    pub const IMPORT_KEYS: u8 = 0x16;
+    /// EXPORT SAM KEYS (issuer): data = role (1) || OAEP ciphertext from INIT KEY IMPORT → KeyBlob.
+    pub const EXPORT_SAM_KEYS: u8 = 0x18;
+    /// PERSONALISE PURSE (issuer): data = OAEP ciphertext from the purse's INIT PERSO → KeyBlob.
+    pub const PERSONALISE_PURSE: u8 = 0x1A;
+    pub const AUTHORIZE_LOAD: u8 = 0x30;
+    pub const CONFIRM_LOAD: u8 = 0x32;
+    pub const BEGIN_PURCHASE: u8 = 0x38;
+    pub const AUTHORIZE_PURCHASE: u8 = 0x3A;
+    pub const CONFIRM_PURCHASE: u8 = 0x3C;
+    /// RESOLVE a pending authorisation with the purse's GET TRANSACTION STATUS answer.
+    pub const RESOLVE: u8 = 0x3E;
+    /// EXPORT JOURNAL: P1 = maximum entries (1-255; 00 = 64) → JournalBatch.
+    pub const EXPORT_JOURNAL: u8 = 0x40;
+    /// ACK JOURNAL: data = JournalAck; drops acknowledged non-pending entries.
+    pub const ACK_JOURNAL: u8 = 0x42;
+    /// VERIFY JOURNAL (issuer): data = JournalBatch of another SAM → JournalAck.
+    pub const VERIFY_JOURNAL: u8 = 0x44;
+}
+
+/// SAM application status words.
+pub mod sw {
+    use tessera_apdu::Sw;
+    /// A ceiling (per load or per day) would be exceeded.
+    pub const CEILING_EXCEEDED: Sw = Sw(0x6920);
+    /// The SAM does not hold a key of the usage this command needs (wrong role).
+    pub const KEY_NOT_HELD: Sw = Sw(0x6921);
+    /// The journal is full: export and acknowledge it first.
+    pub const JOURNAL_FULL: Sw = Sw(0x6922);
+    /// No pending authorisation with that SAM transaction number for that purse.
+    pub const NO_SUCH_TXN: Sw = Sw(0x6923);
+    /// The card's cryptogram, receipt or proof does not verify.
+    pub const CARD_PROOF_INVALID: Sw = Sw(0x6924);
+    /// This purse ID was already personalised by this SAM.
+    pub const ALREADY_PERSONALISED: Sw = Sw(0x6925);
+    /// No purchase session (BEGIN PURCHASE not done, or reset since).
+    pub const NO_SESSION: Sw = Sw(0x6926);
+}
+
+/// SAM roles.
+pub mod role {
+    /// Holds every master key and the RSA personalisation key; issues cards and SAMs.
+    pub const ISSUER: u8 = 0x01;
+    /// Holds the debit master key and its own journal key only.
+    pub const TERMINAL: u8 = 0x02;
+}
+
+/// Journal entry status.
+pub mod status {
+    pub const PENDING: u8 = 0x00;
+    pub const CONFIRMED: u8 = 0x01;
+    pub const VOID: u8 = 0x02;
+}
+
+pub mod tag {
+    pub const JOURNAL_BATCH: u8 = 0x4A; // 'J'
+    pub const JOURNAL_ACK: u8 = 0x41; // 'A'
+}
+
+/// Diversification input of a SAM's own journal key: sam_id || usage::JOURNAL.
+pub fn journal_div_input(sam_id: &[u8; 4]) -> [u8; 5] {
+    let mut d = [0u8; 5];
+    d[..4].copy_from_slice(sam_id);
+    d[4] = tessera_purse::wire::usage::JOURNAL;
+    d
+}
+
+/// SAM installation parameters.
+/// Layout: sam_id (4) | role (1) | pin_len (1) | pin | max_per_load u32 | max_per_day u32 |
+/// journal_capacity u16 | spki_len u16 | spki (terminal: the issuer SAM's personalisation
+/// public key; issuer: empty — an issuer SAM generates its master keys and its RSA-2048
+/// personalisation key inside itself at installation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamInstall {
+    pub sam_id: [u8; 4],
+    pub role: u8,
+    pub pin: Vec<u8>,
+    /// 0: no ceiling.
+    pub max_per_load: u32,
+    /// 0: no ceiling. Days are terminal_time / 86400 (UTC).
+    pub max_per_day: u32,
+    pub journal_capacity: u16,
+    pub issuer_perso_spki: Vec<u8>,
+}
+
+impl SamInstall {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.sam_id.to_vec();
+        v.push(self.role);
+        v.push(self.pin.len() as u8);
+        v.extend_from_slice(&self.pin);
+        v.extend_from_slice(&self.max_per_load.to_be_bytes());
+        v.extend_from_slice(&self.max_per_day.to_be_bytes());
+        v.extend_from_slice(&self.journal_capacity.to_be_bytes());
+        v.extend_from_slice(&(self.issuer_perso_spki.len() as u16).to_be_bytes());
+        v.extend_from_slice(&self.issuer_perso_spki);
+        v
+    }
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        const M: &str = "SamInstall";
+        let mut r = Reader::at_least(b, M, 4 + 1 + 1)?;
+        let sam_id = r.bytes()?;
+        let role = r.u8()?;
+        if role != role::ISSUER && role != role::TERMINAL {
+            return Err(WireError::Field { msg: M, field: "role" });
+        }
+        let pin_len = r.u8()? as usize;
+        let rest = r.rest();
+        let pin = rest.get(..pin_len).ok_or(WireError::Field { msg: M, field: "pin" })?.to_vec();
+        let mut r = Reader::at_least(rest.get(pin_len..).unwrap_or(&[]), M, 4 + 4 + 2 + 2)?;
+        let max_per_load = r.u32()?;
+        let max_per_day = r.u32()?;
+        let journal_capacity = r.u16()?;
+        let len = r.u16()? as usize;
+        let spki = r.rest();
+        if spki.len() != len {
+            return Err(WireError::Field { msg: M, field: "spki" });
+        }
+        Ok(SamInstall {
+            sam_id,
+            role,
+            pin,
+            max_per_load,
+            max_per_day,
+            journal_capacity,
+            issuer_perso_spki: spki.to_vec(),
+        })
+    }
+}
+
+message!(
+    /// BEGIN PURCHASE response (80 38 00 00 Le): opens a purchase session.
+    BeginPurchase, 4 + 8, {
+    sam_id: b4,
+    sam_challenge: b8,
+});
+
+message!(
+    /// CONFIRM LOAD / CONFIRM PURCHASE data: the card's receipt for a pending
+    /// authorisation. The SAM verifies it and journals the entry as confirmed. Confirming
+    /// an already confirmed entry with the same proof answers 9000 again (idempotent).
+    Confirm, 8 + 4 + 4 + 4 + 4 + 8, {
+    purse_id: id,
+    sam_txn: u32,
+    counter: u32,
+    amount: u32,
+    balance_after: u32,
+    proof: mac,
+});
+
+/// RESOLVE data: purse ID, key usage (01 load / 02 debit) and the purse's
+/// GET TRANSACTION STATUS answer for (this SAM, sam_txn).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolve {
+    pub purse_id: PurseId,
+    pub sam_txn: u32,
+    pub key_usage: u8,
+    pub status: tessera_purse::wire::TxnStatus,
+}
+
+impl Resolve {
+    pub const LEN: usize = 8 + 4 + 1 + tessera_purse::wire::TxnStatus::LEN;
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.purse_id.to_vec();
+        v.extend_from_slice(&self.sam_txn.to_be_bytes());
+        v.push(self.key_usage);
+        v.extend_from_slice(&self.status.encode());
+        v
+    }
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(b, "Resolve", Self::LEN)?;
+        let purse_id = r.bytes()?;
+        let sam_txn = r.u32()?;
+        let key_usage = r.u8()?;
+        let status = tessera_purse::wire::TxnStatus::decode(r.rest())?;
+        Ok(Resolve {
+            purse_id,
+            sam_txn,
+            key_usage,
+            status,
+        })
+    }
+}
+
+message!(
+    /// One journal entry (its sequence number is the SAM transaction number).
+    JournalEntry, 4 + 1 + 1 + 8 + 4 + 4 + 4 + 4 + 4 + 8, {
+    seq: u32,
+    kind: u8,
+    status: u8,
+    purse_id: id,
+    amount: u32,
+    counter: u32,
+    balance_after: u32,
+    terminal_id: b4,
+    terminal_time: u32,
+    proof: mac,
+});
+
+/// EXPORT JOURNAL response: sam_id (4) | count u16 | entries | MAC (8), MAC =
+/// AES-CMAC(K_journal(sam), `4A` || every preceding byte)[..8], with K_journal(sam) =
+/// AN10922(M_journal, sam_id || 06).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalBatch {
+    pub sam_id: [u8; 4],
+    pub entries: Vec<JournalEntry>,
+    pub mac: Mac,
+}
+
+impl JournalBatch {
+    pub fn mac_body(&self) -> Vec<u8> {
+        let mut v = self.sam_id.to_vec();
+        v.extend_from_slice(&(self.entries.len() as u16).to_be_bytes());
+        for e in &self.entries {
+            v.extend_from_slice(&e.encode());
+        }
+        v
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.mac_body();
+        v.extend_from_slice(&self.mac);
+        v
+    }
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        const M: &str = "JournalBatch";
+        let mut r = Reader::at_least(b, M, 4 + 2 + MAC_LEN)?;
+        let sam_id = r.bytes()?;
+        let count = r.u16()? as usize;
+        let expected = 6 + count * JournalEntry::LEN + MAC_LEN;
+        if b.len() != expected {
+            return Err(WireError::Length {
+                msg: M,
+                expected,
+                got: b.len(),
+            });
+        }
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let e = r.bytes::<{ JournalEntry::LEN }>()?;
+            entries.push(JournalEntry::decode(&e)?);
+        }
+        let mac = r.bytes()?;
+        Ok(JournalBatch {
+            sam_id,
+            entries,
+            mac,
+        })
+    }
+    /// The last sequence number in the batch (0 for an empty batch).
+    pub fn last_seq(&self) -> u32 {
+        self.entries.iter().map(|e| e.seq).max().unwrap_or(0)
+    }
+}
+
+message!(
+    /// ACK JOURNAL data, produced by the issuer SAM's VERIFY JOURNAL: MAC =
+    /// AES-CMAC(K_journal(sam), `41` || sam_id || last_seq)[..8].
+    JournalAck, 4 + 4 + 8, {
+    sam_id: b4,
+    last_seq: u32,
+    mac: mac,
+});
+
+/// GET SAM DATA response: sam_id (4) | role (1) | unlocked (1) | sam_txn u32 (last used) |
+/// journal_count u16 | pending_count u16 | journal_capacity u16 | max_per_load u32 |
+/// max_per_day u32 | day u32 | day_total u32 | key_count (1) | key_count × (usage, number,
+/// version, master).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamData {
+    pub sam_id: [u8; 4],
+    pub role: u8,
+    pub unlocked: bool,
+    pub sam_txn: u32,
+    pub journal_count: u16,
+    pub pending_count: u16,
+    pub journal_capacity: u16,
+    pub max_per_load: u32,
+    pub max_per_day: u32,
+    pub day: u32,
+    pub day_total: u32,
+    pub keys: Vec<tessera_purse::wire::KeyEntry>,
+}
+
+impl SamData {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.sam_id.to_vec();
+        v.push(self.role);
+        v.push(u8::from(self.unlocked));
+        v.extend_from_slice(&self.sam_txn.to_be_bytes());
+        v.extend_from_slice(&self.journal_count.to_be_bytes());
+        v.extend_from_slice(&self.pending_count.to_be_bytes());
+        v.extend_from_slice(&self.journal_capacity.to_be_bytes());
+        v.extend_from_slice(&self.max_per_load.to_be_bytes());
+        v.extend_from_slice(&self.max_per_day.to_be_bytes());
+        v.extend_from_slice(&self.day.to_be_bytes());
+        v.extend_from_slice(&self.day_total.to_be_bytes());
+        v.push(self.keys.len() as u8);
+        for k in &self.keys {
+            v.extend_from_slice(&[k.usage, k.number, k.version, u8::from(k.master)]);
+        }
+        v
+    }
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        const M: &str = "SamData";
+        let mut r = Reader::at_least(b, M, 4 + 1 + 1 + 4 + 2 + 2 + 2 + 4 + 4 + 4 + 4 + 1)?;
+        let sam_id = r.bytes()?;
+        let role = r.u8()?;
+        let unlocked = r.u8()? == 1;
+        let sam_txn = r.u32()?;
+        let journal_count = r.u16()?;
+        let pending_count = r.u16()?;
+        let journal_capacity = r.u16()?;
+        let max_per_load = r.u32()?;
+        let max_per_day = r.u32()?;
+        let day = r.u32()?;
+        let day_total = r.u32()?;
+        let n = r.u8()? as usize;
+        let rest = r.rest();
+        if rest.len() != n * 4 {
+            return Err(WireError::Length {
+                msg: M,
+                expected: b.len() - rest.len() + n * 4,
+                got: b.len(),
+            });
+        }
+        let keys = rest
+            .chunks_exact(4)
+            .map(|c| match c {
+                [usage, number, version, master] => tessera_purse::wire::KeyEntry {
+                    usage: *usage,
+                    number: *number,
+                    version: *version,
+                    master: *master == 1,
+                },
+                _ => tessera_purse::wire::KeyEntry {
+                    usage: 0,
+                    number: 0,
+                    version: 0,
+                    master: false,
+                },
+            })
+            .collect();
+        Ok(SamData {
+            sam_id,
+            role,
+            unlocked,
+            sam_txn,
+            journal_count,
+            pending_count,
+            journal_capacity,
+            max_per_load,
+            max_per_day,
+            day,
+            day_total,
+            keys,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_round_trip() {
+        let p = SamInstall {
+            sam_id: [0, 0, 0, 7],
+            role: role::TERMINAL,
+            pin: b"0000".to_vec(),
+            max_per_load: 0,
+            max_per_day: 50_000,
+            journal_capacity: 1000,
+            issuer_perso_spki: vec![1, 2, 3],
+        };
+        assert_eq!(SamInstall::decode(&p.encode()), Ok(p));
+        assert!(SamInstall::decode(&[0, 0, 0, 7, 9, 0]).is_err());
+    }
+
+    #[test]
+    fn batch_round_trip_and_length_check() {
+        let e = JournalEntry {
+            seq: 1,
+            kind: 2,
+            status: status::CONFIRMED,
+            purse_id: [1; 8],
+            amount: 250,
+            counter: 4,
+            balance_after: 750,
+            terminal_id: [0, 0, 0, 1],
+            terminal_time: 1_700_000_000,
+            proof: [7; 8],
+        };
+        let b = JournalBatch {
+            sam_id: [0, 0, 0, 2],
+            entries: vec![e.clone(), e],
+            mac: [3; 8],
+        };
+        let bytes = b.encode();
+        assert_eq!(bytes.len(), 6 + 2 * JournalEntry::LEN + 8);
+        assert_eq!(JournalBatch::decode(&bytes), Ok(b));
+        assert!(JournalBatch::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+}
