@@ -224,7 +224,7 @@ impl Engine {
 
     fn check_ct(&self, data: &[u8]) -> Result<(), CryptoError> {
         let block = self.block_size();
-        if data.len() % block != 0 {
+        if !data.len().is_multiple_of(block) {
             return Err(CryptoError::InvalidDataLength {
                 len: data.len(),
                 block,

@@ -49,7 +49,7 @@ pub fn sp800_108_counter_cmac(
             "counter width must be 8, 16, 24 or 32 bits",
         ));
     }
-    if out_bits == 0 || out_bits % 8 != 0 {
+    if out_bits == 0 || !out_bits.is_multiple_of(8) {
         return Err(CryptoError::InvalidInput(
             "output length must be a positive multiple of 8 bits",
         ));
@@ -232,9 +232,9 @@ pub fn an10922_3tdea(master: &[u8; 24], div_input: &[u8]) -> Result<[u8; 24], Cr
     check_div_input(div_input, 15)?;
     let engine = Engine::tdes(master)?;
     let mut key = [0u8; 24];
-    for (i, c) in [0x31u8, 0x32, 0x33].into_iter().enumerate() {
+    for (chunk, c) in key.chunks_exact_mut(8).zip([0x31u8, 0x32, 0x33]) {
         let part = an10922_cmac(&engine, c, div_input, 16)?;
-        key[i * 8..i * 8 + 8].copy_from_slice(&part);
+        chunk.copy_from_slice(&part);
     }
     Ok(key)
 }

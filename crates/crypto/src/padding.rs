@@ -30,7 +30,7 @@ pub fn pad(data: &[u8], block: usize, padding: Padding) -> Result<Vec<u8>, Crypt
     let mut out = data.to_vec();
     match padding {
         Padding::None => {
-            if data.len() % block != 0 {
+            if !data.len().is_multiple_of(block) {
                 return Err(CryptoError::InvalidDataLength {
                     len: data.len(),
                     block,
@@ -65,7 +65,7 @@ pub fn pad(data: &[u8], block: usize, padding: Padding) -> Result<Vec<u8>, Crypt
 /// [`CryptoError::InvalidPadding`]. Method 1 and `None` only check the length.
 pub fn unpad(data: &[u8], block: usize, padding: Padding) -> Result<Vec<u8>, CryptoError> {
     check_block(block)?;
-    if data.len() % block != 0 {
+    if !data.len().is_multiple_of(block) {
         return Err(CryptoError::InvalidDataLength {
             len: data.len(),
             block,

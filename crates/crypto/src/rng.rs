@@ -22,6 +22,10 @@ impl CardRng {
     /// # Panics
     /// Only if the OS entropy source itself fails (not reachable from
     /// caller input); use [`CardRng::try_from_entropy`] to handle that.
+    #[allow(
+        clippy::panic,
+        reason = "OS entropy failure is not caller input; see try_from_entropy"
+    )]
     pub fn from_entropy() -> Self {
         match Self::try_from_entropy() {
             Ok(r) => r,

@@ -898,7 +898,12 @@ mod tests {
     fn wrong_issuer() {
         let p = pki();
         // card directly under the root: issuer name does not match
-        let r = verify_chain(&[p.card.clone()], &p.root, t(100), &RevocationList::new());
+        let r = verify_chain(
+            std::slice::from_ref(&p.card),
+            &p.root,
+            t(100),
+            &RevocationList::new(),
+        );
         assert!(
             matches!(r, Err(X509Error::IssuerMismatch { index: 0, .. })),
             "{r:?}"
@@ -987,7 +992,12 @@ mod tests {
             verify_chain(&[], &p.root, t(1), &RevocationList::new()).unwrap_err(),
             X509Error::EmptyChain
         );
-        let r = verify_chain(&[p.sub.clone()], &p.root, t(3651), &RevocationList::new());
+        let r = verify_chain(
+            std::slice::from_ref(&p.sub),
+            &p.root,
+            t(3651),
+            &RevocationList::new(),
+        );
         assert!(matches!(r, Err(X509Error::Expired { index: 0, .. })));
         let r = verify_chain(
             &[p.card.clone(), p.sub.clone()],
