@@ -5,5 +5,7 @@ use tessera_os::LoadFile;
 
 /// Every load file this program provides.
 pub fn load_files() -> Vec<LoadFile> {
-    vec![tessera_os::diag::load_file(), tessera_os::diag::load_file_multi()]
+    let mut v = vec![tessera_os::diag::load_file(), tessera_os::diag::load_file_multi()];
+    v.extend(tessera_host::flows::kit::load_files());
+    v
 }

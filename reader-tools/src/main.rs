@@ -3,11 +3,13 @@
 #![forbid(unsafe_code)]
 
 mod applets;
+mod image_cmd;
 mod readers;
 mod script;
 mod serve;
 mod target;
 mod value;
+mod vpcd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -43,6 +45,9 @@ enum Cmd {
     /// Run APDU scripts.
     #[command(subcommand)]
     Script(script::ScriptCmd),
+    /// Create and inspect card images.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCmd),
     #[command(flatten)]
     Value(value::ValueCmd),
 }
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => serve::run(a, global),
         Cmd::Readers(a) => readers::run(a, global),
         Cmd::Script(c) => script::run(c, global),
+        Cmd::Image(c) => image_cmd::run(c, global),
         Cmd::Value(c) => value::run(c, global),
     };
     match result {

@@ -150,14 +150,11 @@ impl<'a> Reader<'a> {
         Ok(Reader { b, at: 0, msg })
     }
     pub fn bytes<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
-        let s = self
-            .b
-            .get(self.at..self.at + N)
-            .ok_or(WireError::Length {
-                msg: self.msg,
-                expected: self.at + N,
-                got: self.b.len(),
-            })?;
+        let s = self.b.get(self.at..self.at + N).ok_or(WireError::Length {
+            msg: self.msg,
+            expected: self.at + N,
+            got: self.b.len(),
+        })?;
         self.at += N;
         let mut out = [0u8; N];
         out.copy_from_slice(s);
@@ -207,29 +204,59 @@ macro_rules! message {
 #[macro_export]
 #[doc(hidden)]
 macro_rules! __field_ty {
-    (u8) => { u8 };
-    (u16) => { u16 };
-    (u32) => { u32 };
-    (id) => { $crate::wire::PurseId };
-    (mac) => { $crate::wire::Mac };
-    (b4) => { [u8; 4] };
-    (b8) => { [u8; 8] };
+    (u8) => {
+        u8
+    };
+    (u16) => {
+        u16
+    };
+    (u32) => {
+        u32
+    };
+    (id) => {
+        $crate::wire::PurseId
+    };
+    (mac) => {
+        $crate::wire::Mac
+    };
+    (b4) => {
+        [u8; 4]
+    };
+    (b8) => {
+        [u8; 8]
+    };
 }
 #[macro_export]
 #[doc(hidden)]
 macro_rules! __put {
-    ($v:ident, u8, $e:expr) => { $v.push($e) };
-    ($v:ident, u16, $e:expr) => { $v.extend_from_slice(&$e.to_be_bytes()) };
-    ($v:ident, u32, $e:expr) => { $v.extend_from_slice(&$e.to_be_bytes()) };
-    ($v:ident, $t:tt, $e:expr) => { $v.extend_from_slice(&$e) };
+    ($v:ident, u8, $e:expr) => {
+        $v.push($e)
+    };
+    ($v:ident, u16, $e:expr) => {
+        $v.extend_from_slice(&$e.to_be_bytes())
+    };
+    ($v:ident, u32, $e:expr) => {
+        $v.extend_from_slice(&$e.to_be_bytes())
+    };
+    ($v:ident, $t:tt, $e:expr) => {
+        $v.extend_from_slice(&$e)
+    };
 }
 #[macro_export]
 #[doc(hidden)]
 macro_rules! __get {
-    ($r:ident, u8) => { $r.u8()? };
-    ($r:ident, u16) => { $r.u16()? };
-    ($r:ident, u32) => { $r.u32()? };
-    ($r:ident, $t:tt) => { $r.bytes()? };
+    ($r:ident, u8) => {
+        $r.u8()?
+    };
+    ($r:ident, u16) => {
+        $r.u16()?
+    };
+    ($r:ident, u32) => {
+        $r.u32()?
+    };
+    ($r:ident, $t:tt) => {
+        $r.bytes()?
+    };
 }
 
 // ---------------------------------------------------------------- read commands
@@ -581,7 +608,12 @@ impl TxnStatus {
 }
 
 /// Bytes covered by the transaction status MAC.
-pub fn txn_status_mac_input(purse_id: &PurseId, query: &TxnStatusQuery, applied: bool, record: &LogRecord) -> Vec<u8> {
+pub fn txn_status_mac_input(
+    purse_id: &PurseId,
+    query: &TxnStatusQuery,
+    applied: bool,
+    record: &LogRecord,
+) -> Vec<u8> {
     let mut v = vec![tag::TXN_STATUS];
     v.extend_from_slice(purse_id);
     v.extend_from_slice(&query.encode());
@@ -636,17 +668,34 @@ impl PurseInstall {
         let pin_try_limit = r.u8()?;
         let pin_len = r.u8()? as usize;
         let rest = r.rest();
-        let pin = rest.get(..pin_len).ok_or(WireError::Field { msg: M, field: "pin" })?.to_vec();
+        let pin = rest
+            .get(..pin_len)
+            .ok_or(WireError::Field {
+                msg: M,
+                field: "pin",
+            })?
+            .to_vec();
         let rest = rest.get(pin_len..).unwrap_or(&[]);
         let (len, spki) = match rest {
             [a, b, spki @ ..] => (u16::from_be_bytes([*a, *b]) as usize, spki),
-            _ => return Err(WireError::Field { msg: M, field: "spki length" }),
+            _ => {
+                return Err(WireError::Field {
+                    msg: M,
+                    field: "spki length",
+                });
+            }
         };
         if spki.len() != len {
-            return Err(WireError::Field { msg: M, field: "spki" });
+            return Err(WireError::Field {
+                msg: M,
+                field: "spki",
+            });
         }
         if log_capacity == 0 {
-            return Err(WireError::Field { msg: M, field: "log_capacity" });
+            return Err(WireError::Field {
+                msg: M,
+                field: "log_capacity",
+            });
         }
         Ok(PurseInstall {
             currency,
@@ -690,7 +739,10 @@ impl KeyTransportRequest {
         let len = r.u8()? as usize;
         let id = r.rest();
         if id.len() != len {
-            return Err(WireError::Field { msg: M, field: "subject id" });
+            return Err(WireError::Field {
+                msg: M,
+                field: "subject id",
+            });
         }
         Ok(KeyTransportRequest {
             transport_key,
@@ -746,13 +798,19 @@ impl KeyBlob {
         let nonce = r.bytes()?;
         let count = r.u8()? as usize;
         if count == 0 || count > 16 {
-            return Err(WireError::Field { msg: M, field: "count" });
+            return Err(WireError::Field {
+                msg: M,
+                field: "count",
+            });
         }
         let mut entries = Vec::with_capacity(count);
         for _ in 0..count {
             let [usage, number, version, master] = r.bytes::<4>()?;
             if master > 1 {
-                return Err(WireError::Field { msg: M, field: "master" });
+                return Err(WireError::Field {
+                    msg: M,
+                    field: "master",
+                });
             }
             entries.push(KeyEntry {
                 usage,
@@ -804,7 +862,10 @@ mod tests {
         assert_eq!(b.len(), Load::LEN);
         assert_eq!(&b[..4], &[0, 0, 1, 0xF4]);
         assert_eq!(Load::decode(&b), Ok(m));
-        assert!(matches!(Load::decode(&b[1..]), Err(WireError::Length { .. })));
+        assert!(matches!(
+            Load::decode(&b[1..]),
+            Err(WireError::Length { .. })
+        ));
         assert_eq!(PurseData::LEN, 35);
         assert_eq!(InitPurchaseResponse::LEN, 40);
         assert_eq!(AuthorizePurchase::LEN, 52);
@@ -834,6 +895,9 @@ mod tests {
         // coreutils: printf 'TSRA-PURSE\x04\x11\x22\x33\x44\x55\x66' | sha256sum
         let id = purse_id_for(&[0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66]);
         assert_eq!(id, [0xcb, 0x62, 0x6a, 0x3c, 0xf2, 0x1a, 0x04, 0x5c]);
-        assert_ne!(id, purse_id_for(&[0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x67]));
+        assert_ne!(
+            id,
+            purse_id_for(&[0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x67])
+        );
     }
 }

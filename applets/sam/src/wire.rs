@@ -3,8 +3,8 @@
 //! PurchaseAuthorization, KeyBlob, KeyTransportRequest, TxnStatus) are the purse's: see
 //! `tessera_purse::wire`. Integers big-endian; MACs AES-CMAC truncated to 8 bytes.
 
-pub use tessera_purse::wire::{Mac, PurseId, Reader, WireError, MAC_LEN};
 use tessera_purse::message;
+pub use tessera_purse::wire::{MAC_LEN, Mac, PurseId, Reader, WireError};
 
 /// SAM applet AID (proprietary RID F0 "TSRA", PIX 03 01).
 pub const SAM_AID: [u8; 7] = [0xF0, 0x54, 0x53, 0x52, 0x41, 0x03, 0x01];
@@ -126,11 +126,20 @@ impl SamInstall {
         let sam_id = r.bytes()?;
         let role = r.u8()?;
         if role != role::ISSUER && role != role::TERMINAL {
-            return Err(WireError::Field { msg: M, field: "role" });
+            return Err(WireError::Field {
+                msg: M,
+                field: "role",
+            });
         }
         let pin_len = r.u8()? as usize;
         let rest = r.rest();
-        let pin = rest.get(..pin_len).ok_or(WireError::Field { msg: M, field: "pin" })?.to_vec();
+        let pin = rest
+            .get(..pin_len)
+            .ok_or(WireError::Field {
+                msg: M,
+                field: "pin",
+            })?
+            .to_vec();
         let mut r = Reader::at_least(rest.get(pin_len..).unwrap_or(&[]), M, 4 + 4 + 2 + 2)?;
         let max_per_load = r.u32()?;
         let max_per_day = r.u32()?;
@@ -138,7 +147,10 @@ impl SamInstall {
         let len = r.u16()? as usize;
         let spki = r.rest();
         if spki.len() != len {
-            return Err(WireError::Field { msg: M, field: "spki" });
+            return Err(WireError::Field {
+                msg: M,
+                field: "spki",
+            });
         }
         Ok(SamInstall {
             sam_id,
@@ -284,6 +296,21 @@ message!(
     last_seq: u32,
     mac: mac,
 });
+
+/// Bytes covered by a [`JournalBatch`] MAC: `4A` || [`JournalBatch::mac_body`].
+pub fn journal_batch_mac_input(batch: &JournalBatch) -> Vec<u8> {
+    let mut v = vec![tag::JOURNAL_BATCH];
+    v.extend_from_slice(&batch.mac_body());
+    v
+}
+
+/// Bytes covered by a [`JournalAck`] MAC: `41` || sam_id || last_seq.
+pub fn journal_ack_mac_input(sam_id: &[u8; 4], last_seq: u32) -> Vec<u8> {
+    let mut v = vec![tag::JOURNAL_ACK];
+    v.extend_from_slice(sam_id);
+    v.extend_from_slice(&last_seq.to_be_bytes());
+    v
+}
 
 /// GET SAM DATA response: sam_id (4) | role (1) | unlocked (1) | sam_txn u32 (last used) |
 /// journal_count u16 | pending_count u16 | journal_capacity u16 | max_per_load u32 |

@@ -88,6 +88,16 @@ impl Command {
                 });
             }
         };
+        // ISO/IEC 7816-4 §5.1: an extended Lc is never 0000. `iso7816` accepts the body
+        // `00 00 00 Le1 Le2` as "case 4E with no data"; that is not a valid encoding (it
+        // would be case 2E, `00 Le1 Le2`), so it is refused here and every accepted byte
+        // string re-encodes to itself.
+        if view.extended && view.data().is_empty() && bytes.len() != 7 {
+            return Err(ApduError::MalformedCommand {
+                reason: "extended Lc of zero",
+                sw: Sw::WRONG_LENGTH,
+            });
+        }
         let le = match view.expected() {
             0 => None,
             n => Some(n),
@@ -238,6 +248,15 @@ mod tests {
         assert_eq!(Command::parse_sw(&h("00A4040005A000")), Err(Sw::WRONG_LENGTH));
         assert_eq!(Command::parse_sw(&h("FFA40400")), Err(Sw::CLA_NOT_SUPPORTED));
         assert_eq!(Command::parse_sw(&h("00A4040000")).map(|c| c.le), Ok(Some(256)));
+        // Two zero bytes: neither a short nor an extended body.
+        assert_eq!(Command::parse_sw(&h("00A404000000")), Err(Sw::WRONG_LENGTH));
+        // Extended Lc = 0000 followed by an extended Le: not a valid encoding.
+        assert_eq!(Command::parse_sw(&h("00B000000000000100")), Err(Sw::WRONG_LENGTH));
+        // Lc = 2 but four bytes follow (neither case 3 nor 4): 6700.
+        assert_eq!(Command::parse_sw(&h("00DA000002AABBCCDD")), Err(Sw::WRONG_LENGTH));
+        assert_eq!(Command::parse_sw(&h("")), Err(Sw::WRONG_LENGTH));
+        // The reserved class range parses (hosts may send anything) but is refused by class().
+        assert_eq!(Command::parse(&h("2FA40400")).unwrap().class(), Err(Sw::CLA_NOT_SUPPORTED));
     }
 
     #[test]

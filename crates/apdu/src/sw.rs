@@ -43,6 +43,8 @@ impl Sw {
     pub const SM_OBJECTS_MISSING: Sw = Sw(0x6987);
     /// 6988: incorrect secure messaging data objects (bad MAC).
     pub const SM_OBJECTS_INCORRECT: Sw = Sw(0x6988);
+    /// 6999: applet selection failed (Java Card: the applet refused `select`).
+    pub const APPLET_SELECT_FAILED: Sw = Sw(0x6999);
     /// 6A80: incorrect parameters in the command data field.
     pub const WRONG_DATA: Sw = Sw(0x6A80);
     /// 6A81: function not supported.
@@ -55,6 +57,8 @@ impl Sw {
     pub const NOT_ENOUGH_MEMORY: Sw = Sw(0x6A84);
     /// 6A86: incorrect parameters P1-P2.
     pub const INCORRECT_P1P2: Sw = Sw(0x6A86);
+    /// 6A87: Nc inconsistent with P1-P2.
+    pub const LC_INCONSISTENT_WITH_P1P2: Sw = Sw(0x6A87);
     /// 6A88: referenced data or reference data not found.
     pub const REFERENCED_DATA_NOT_FOUND: Sw = Sw(0x6A88);
     /// 6A89: file (or object) already exists.
@@ -130,12 +134,14 @@ impl Sw {
             0x6986 => "command not allowed",
             0x6987 => "secure messaging data objects missing",
             0x6988 => "secure messaging data objects incorrect",
+            0x6999 => "applet selection failed",
             0x6A80 => "incorrect data",
             0x6A81 => "function not supported",
             0x6A82 => "file or application not found",
             0x6A83 => "record not found",
             0x6A84 => "not enough memory",
             0x6A86 => "incorrect P1-P2",
+            0x6A87 => "Nc inconsistent with P1-P2",
             0x6A88 => "referenced data not found",
             0x6A89 => "already exists",
             0x6B00 => "wrong P1-P2",

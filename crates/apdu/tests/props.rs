@@ -1,5 +1,5 @@
 use proptest::prelude::*;
-use tessera_apdu::{Command, Response, tlv};
+use tessera_apdu::{ClassByte, Command, Response, Sw, tlv};
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
@@ -10,6 +10,36 @@ proptest! {
         let _ = Response::parse(&bytes);
         let _ = tlv::parse_all(&bytes);
         let _ = tlv::find(&bytes, 0x9F7F);
+        if let Some(c) = bytes.first() {
+            let _ = ClassByte::decode(*c);
+        }
+    }
+
+    /// Every byte string that parses is in canonical form: it re-encodes to itself. Those
+    /// that do not parse are answered 6700 or 6E00.
+    #[test]
+    fn parse_is_canonical(header in any::<[u8; 4]>(),
+                          body in prop_oneof![
+                              proptest::collection::vec(any::<u8>(), 0..8),
+                              proptest::collection::vec(any::<u8>(), 250..262),
+                              (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(b, mut v)| {
+                                  // Plausible extended bodies.
+                                  let n = v.len().saturating_sub(2) as u16;
+                                  let mut out = vec![0, (n >> 8) as u8, n as u8];
+                                  if b & 1 == 0 { v.truncate(n as usize); }
+                                  out.append(&mut v);
+                                  out
+                              }),
+                          ]) {
+        let mut bytes = header.to_vec();
+        bytes.extend_from_slice(&body);
+        match Command::parse(&bytes) {
+            Ok(c) => prop_assert_eq!(c.to_bytes().unwrap(), bytes),
+            Err(_) => {
+                let sw = Command::parse_sw(&bytes).unwrap_err();
+                prop_assert!(sw == Sw::WRONG_LENGTH || sw == Sw::CLA_NOT_SUPPORTED, "{:?}", sw);
+            }
+        }
     }
 
     #[test]

@@ -1,1 +1,758 @@
-//! (in progress)
+//! Value flows over the purse and SAM clients: personalisation, load, pay, settlement, and
+//! the recovery step run when an answer is lost (see `docs/value-protocol.md` and
+//! `docs/flows.md`).
+//!
+//! Conventions:
+//! * Purse transports are driven from scratch: every flow SELECTs the purse itself.
+//! * SAM transports are passed *open*: selected and unlocked with the SAM's PIN (see
+//!   [`open_sam`]). Flows never re-select a SAM (that would end its unlocked state). When a
+//!   SAM's answer is lost, the flow can reopen it only when [`FlowOptions::sam_pin`] is set.
+//! * Every flow either completes, or fails with a [`FlowError`] naming the reason. A flow
+//!   that fails after the SAM authorised a transaction voids that authorisation (GET
+//!   TRANSACTION STATUS at the purse, RESOLVE at the SAM) before it returns, so no PENDING
+//!   entry is left behind when the host stays alive.
+
+pub mod kit;
+
+use crate::clients::{ClientError, PurseClient, SamClient};
+use crate::transport::{Transport, TransportError};
+use serde::Serialize;
+use tessera_apdu::Sw;
+use tessera_purse::wire::{
+    self as pw, AuthorizeLoad, AuthorizePurchase, InitPurchase, Load, LogRecord, Purchase, PurseData, PurseId,
+    TxnStatus, TxnStatusQuery,
+};
+use tessera_sam::wire::{self as sw_, Confirm, JournalEntry, Resolve, SamData};
+
+/// How many times a lost answer is retried (recovery query, CONFIRM, RESOLVE).
+const RETRIES: usize = 3;
+
+/// A load request (amount in minor units of the purse currency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadRequest {
+    pub amount: u32,
+    /// Seconds since the Unix epoch, as the terminal sees it.
+    pub terminal_time: u32,
+}
+
+/// A payment request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayRequest {
+    pub amount: u32,
+    pub terminal_id: [u8; 4],
+    pub terminal_time: u32,
+    /// Cardholder PIN, verified before the purchase when given.
+    pub pin: Option<Vec<u8>>,
+}
+
+/// Options of the flows.
+#[derive(Debug, Clone, Default)]
+pub struct FlowOptions {
+    /// PIN of the SAM, to reopen it (reset, select, unlock) when one of its answers was
+    /// lost. Without it, a lost SAM answer ends the flow with an error.
+    pub sam_pin: Option<Vec<u8>>,
+}
+
+/// Serialise byte arrays as upper-case hex.
+fn hex_ser<S: serde::Serializer, T: AsRef<[u8]>>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode_upper(v.as_ref()))
+}
+
+/// What a completed load returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoadReceipt {
+    #[serde(serialize_with = "hex_ser")]
+    pub purse_id: PurseId,
+    pub currency: u16,
+    pub amount: u32,
+    pub balance_before: u32,
+    pub balance_after: u32,
+    /// The purse counter the load used.
+    pub counter: u32,
+    #[serde(serialize_with = "hex_ser")]
+    pub sam_id: [u8; 4],
+    pub sam_txn: u32,
+    pub terminal_time: u32,
+    /// The purse's load receipt MAC.
+    #[serde(serialize_with = "hex_ser")]
+    pub proof: [u8; 8],
+    /// The LOAD answer was lost and the result came from the recovery step.
+    pub recovered: bool,
+    /// The SAM journal entry is CONFIRMED (false only when the SAM's answer was lost and
+    /// could not be retried: the entry is still PENDING and resolvable).
+    pub sam_confirmed: bool,
+}
+
+/// What a completed payment returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PayReceipt {
+    #[serde(serialize_with = "hex_ser")]
+    pub purse_id: PurseId,
+    pub currency: u16,
+    pub amount: u32,
+    pub balance_before: u32,
+    pub balance_after: u32,
+    pub counter: u32,
+    #[serde(serialize_with = "hex_ser")]
+    pub terminal_id: [u8; 4],
+    #[serde(serialize_with = "hex_ser")]
+    pub sam_id: [u8; 4],
+    pub sam_txn: u32,
+    pub terminal_time: u32,
+    /// The purse's debit proof MAC.
+    #[serde(serialize_with = "hex_ser")]
+    pub proof: [u8; 8],
+    pub recovered: bool,
+    pub sam_confirmed: bool,
+}
+
+/// Why a flow did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    #[error("amount must be greater than zero")]
+    ZeroAmount,
+    #[error("insufficient funds: balance {balance}, amount {amount}")]
+    InsufficientFunds { balance: u32, amount: u32 },
+    #[error("PIN required: the amount is over the purse's PIN threshold of {threshold}")]
+    PinRequired { threshold: u32 },
+    #[error("wrong PIN ({tries_left} tries left)")]
+    WrongPin { tries_left: u8 },
+    #[error("PIN blocked")]
+    PinBlocked,
+    #[error("over maximum balance: the load would take the purse over its maximum")]
+    OverMaximum,
+    #[error("SAM ceiling exceeded (per load or per day)")]
+    CeilingExceeded,
+    #[error("SAM journal full: settle it first")]
+    JournalFull,
+    #[error("purse transaction counter exhausted")]
+    CounterExhausted,
+    #[error("wrong currency")]
+    WrongCurrency,
+    #[error("purse not personalised (or already personalised)")]
+    NotPersonalised,
+    #[error("purse ID already personalised by this issuer SAM")]
+    AlreadyPersonalised,
+    #[error("SAM locked: unlock it with its PIN")]
+    SamLocked,
+    #[error("the SAM does not hold the key this needs (wrong SAM role)")]
+    WrongSamRole,
+    #[error("the card's cryptogram or proof does not verify at the SAM")]
+    CardProofInvalid,
+    #[error("the purse refused the message as stale (replayed, wrong card or session ended)")]
+    StaleSession,
+    /// The value did not move. `voided`: the SAM's pending authorisation was voided with
+    /// the purse's MACed status.
+    #[error("not applied: the purse did not apply the transaction{}", if *.voided { " (SAM authorisation voided)" } else { "" })]
+    NotApplied { voided: bool },
+    /// A step failed for another reason.
+    #[error("{step}: {source}")]
+    Step {
+        step: &'static str,
+        #[source]
+        source: ClientError,
+    },
+    /// The recovery step did not converge (the card or SAM kept failing).
+    #[error("recovery did not converge: {0}")]
+    Recovery(String),
+}
+
+impl FlowError {
+    /// A short machine-readable name of the reason ("insufficient_funds", ...).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FlowError::ZeroAmount => "zero_amount",
+            FlowError::InsufficientFunds { .. } => "insufficient_funds",
+            FlowError::PinRequired { .. } => "pin_required",
+            FlowError::WrongPin { .. } => "wrong_pin",
+            FlowError::PinBlocked => "pin_blocked",
+            FlowError::OverMaximum => "over_maximum",
+            FlowError::CeilingExceeded => "ceiling_exceeded",
+            FlowError::JournalFull => "journal_full",
+            FlowError::CounterExhausted => "counter_exhausted",
+            FlowError::WrongCurrency => "wrong_currency",
+            FlowError::NotPersonalised => "not_personalised",
+            FlowError::AlreadyPersonalised => "already_personalised",
+            FlowError::SamLocked => "sam_locked",
+            FlowError::WrongSamRole => "wrong_sam_role",
+            FlowError::CardProofInvalid => "card_proof_invalid",
+            FlowError::StaleSession => "stale_session",
+            FlowError::NotApplied { .. } => "not_applied",
+            FlowError::Step { .. } => "card_error",
+            FlowError::Recovery(_) => "recovery_failed",
+        }
+    }
+
+    fn is_no_response(&self) -> bool {
+        matches!(self, FlowError::Step { source, .. } if source.is_no_response())
+    }
+}
+
+/// Map a purse refusal to the flow reason it stands for.
+fn purse_err(step: &'static str, e: ClientError) -> FlowError {
+    let Some(sw) = e.sw() else {
+        return FlowError::Step { step, source: e };
+    };
+    match sw {
+        s if s == pw::sw::OVER_MAXIMUM => FlowError::OverMaximum,
+        s if s == pw::sw::INSUFFICIENT_FUNDS => FlowError::InsufficientFunds { balance: 0, amount: 0 },
+        s if s == pw::sw::COUNTER_EXHAUSTED => FlowError::CounterExhausted,
+        s if s == pw::sw::STALE_SESSION => FlowError::StaleSession,
+        s if s == pw::sw::WRONG_CURRENCY => FlowError::WrongCurrency,
+        s if s == pw::sw::NOT_PERSONALISED => FlowError::NotPersonalised,
+        Sw::AUTH_METHOD_BLOCKED => FlowError::PinBlocked,
+        s if s.0 & 0xFFF0 == 0x63C0 => FlowError::WrongPin {
+            tries_left: (s.0 & 0x0F) as u8,
+        },
+        _ => FlowError::Step { step, source: e },
+    }
+}
+
+/// Map a SAM refusal to the flow reason it stands for.
+fn sam_err(step: &'static str, e: ClientError) -> FlowError {
+    let Some(sw) = e.sw() else {
+        return FlowError::Step { step, source: e };
+    };
+    match sw {
+        s if s == sw_::sw::CEILING_EXCEEDED => FlowError::CeilingExceeded,
+        s if s == sw_::sw::KEY_NOT_HELD => FlowError::WrongSamRole,
+        s if s == sw_::sw::JOURNAL_FULL => FlowError::JournalFull,
+        s if s == sw_::sw::CARD_PROOF_INVALID => FlowError::CardProofInvalid,
+        s if s == sw_::sw::ALREADY_PERSONALISED => FlowError::AlreadyPersonalised,
+        Sw::SECURITY_STATUS_NOT_SATISFIED => FlowError::SamLocked,
+        _ => FlowError::Step { step, source: e },
+    }
+}
+
+fn transport_step(step: &'static str, e: TransportError) -> FlowError {
+    FlowError::Step {
+        step,
+        source: ClientError::Transport(e),
+    }
+}
+
+/// Select a SAM and unlock it with its PIN; returns its data.
+pub fn open_sam<S: Transport + ?Sized>(sam: &mut S, pin: &[u8]) -> Result<SamData, FlowError> {
+    let mut c = SamClient::new(sam);
+    c.select().map_err(|e| sam_err("SELECT SAM", e))?;
+    c.unlock(pin).map_err(|e| match e.sw() {
+        Some(Sw::AUTH_METHOD_BLOCKED) => FlowError::PinBlocked,
+        Some(s) if s.0 & 0xFFF0 == 0x63C0 => FlowError::WrongPin {
+            tries_left: (s.0 & 0x0F) as u8,
+        },
+        _ => sam_err("VERIFY SAM PIN", e),
+    })?;
+    c.sam_data().map_err(|e| sam_err("GET SAM DATA", e))
+}
+
+/// Reset, select and unlock a SAM whose answer was lost.
+fn reopen_sam<S: Transport + ?Sized>(sam: &mut S, opts: &FlowOptions, step: &'static str) -> Result<(), FlowError> {
+    let Some(pin) = opts.sam_pin.as_deref() else {
+        return Err(FlowError::Recovery(format!(
+            "the SAM's answer to {step} was lost and no SAM PIN was given to reopen it"
+        )));
+    };
+    sam.reset().map_err(|e| transport_step("RESET SAM", e))?;
+    open_sam(sam, pin).map(|_| ())
+}
+
+/// Run an idempotent SAM command, reopening the SAM and resending when its answer is lost.
+fn sam_idempotent<S, R>(
+    sam: &mut S,
+    opts: &FlowOptions,
+    step: &'static str,
+    mut f: impl FnMut(&mut SamClient<'_, S>) -> Result<R, ClientError>,
+) -> Result<R, FlowError>
+where
+    S: Transport + ?Sized,
+{
+    let mut last = None;
+    for _ in 0..=RETRIES {
+        match f(&mut SamClient::new(sam)) {
+            Ok(r) => return Ok(r),
+            Err(e) if e.is_no_response() => {
+                last = Some(e);
+                match reopen_sam(sam, opts, step) {
+                    Ok(()) => {}
+                    Err(re) if re.is_no_response() => {}
+                    Err(re) => return Err(re),
+                }
+            }
+            Err(e) => return Err(sam_err(step, e)),
+        }
+    }
+    Err(match last {
+        Some(source) => FlowError::Step { step, source },
+        None => FlowError::Recovery(format!("{step}: no answer")),
+    })
+}
+
+/// The recovery step: power the purse again, select it, ask GET TRANSACTION STATUS for
+/// (sam_id, sam_txn), and RESOLVE the SAM's pending entry with that MACed status. Returns
+/// the log record when the transaction was applied, `None` when it was not (the SAM entry
+/// is then VOID).
+pub fn recover<P, S>(
+    purse: &mut P,
+    sam: &mut S,
+    opts: &FlowOptions,
+    key_usage: u8,
+    purse_id: PurseId,
+    sam_id: [u8; 4],
+    sam_txn: u32,
+) -> Result<Option<LogRecord>, FlowError>
+where
+    P: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    let query = TxnStatusQuery { sam_id, sam_txn };
+    let mut status: Option<TxnStatus> = None;
+    let mut problem = String::new();
+    for _ in 0..=RETRIES {
+        if let Err(e) = purse.reset() {
+            problem = format!("reset of the purse failed: {e}");
+            continue;
+        }
+        let mut c = PurseClient::new(purse);
+        if let Err(e) = c.select() {
+            problem = format!("select after reset failed: {e}");
+            if e.is_no_response() {
+                continue;
+            }
+            return Err(FlowError::Recovery(problem));
+        }
+        match c.txn_status(key_usage, &query) {
+            Ok(s) => {
+                status = Some(s);
+                break;
+            }
+            Err(e) if e.is_no_response() => problem = format!("GET TRANSACTION STATUS: {e}"),
+            Err(e) => return Err(FlowError::Recovery(format!("GET TRANSACTION STATUS: {e}"))),
+        }
+    }
+    let Some(status) = status else {
+        return Err(FlowError::Recovery(problem));
+    };
+    if status.applied && (status.record.sam_id != sam_id || status.record.sam_txn != sam_txn) {
+        return Err(FlowError::Recovery(
+            "the purse's transaction status names another transaction".into(),
+        ));
+    }
+    let resolve = Resolve {
+        purse_id,
+        sam_txn,
+        key_usage,
+        status: status.clone(),
+    };
+    sam_idempotent(sam, opts, "RESOLVE", |c| c.resolve(&resolve))?;
+    Ok(status.applied.then_some(status.record))
+}
+
+/// Void a SAM authorisation that the purse refused (or that the host abandons): the purse
+/// is reset first so that its session is gone for sure.
+fn void<P, S>(purse: &mut P, sam: &mut S, opts: &FlowOptions, key_usage: u8, purse_id: PurseId, sam_id: [u8; 4], sam_txn: u32) -> Result<bool, FlowError>
+where
+    P: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    recover(purse, sam, opts, key_usage, purse_id, sam_id, sam_txn).map(|r| r.is_some())
+}
+
+/// The SAM's answer to an AUTHORIZE was lost: it may hold a PENDING entry we do not know
+/// the number of. Reopen it, and if its last transaction is pending, resolve it with the
+/// purse (which never saw the authorisation, so it is voided).
+fn void_orphan<P, S>(purse: &mut P, sam: &mut S, opts: &FlowOptions, key_usage: u8, purse_id: PurseId) -> FlowError
+where
+    P: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    if let Err(e) = reopen_sam(sam, opts, "AUTHORIZE") {
+        return e;
+    }
+    let data = match SamClient::new(sam).sam_data() {
+        Ok(d) => d,
+        Err(e) => return sam_err("GET SAM DATA", e),
+    };
+    if data.pending_count == 0 || data.sam_txn == 0 {
+        return FlowError::NotApplied { voided: false };
+    }
+    match recover(purse, sam, opts, key_usage, purse_id, data.sam_id, data.sam_txn) {
+        Ok(None) => FlowError::NotApplied { voided: true },
+        // The last transaction was another one, already settled: nothing of ours pends.
+        Err(FlowError::Step { source, .. }) if source.sw() == Some(sw_::sw::NO_SUCH_TXN) => {
+            FlowError::NotApplied { voided: false }
+        }
+        Ok(Some(_)) => FlowError::Recovery("an authorisation whose answer was lost was applied".into()),
+        Err(e) => e,
+    }
+}
+
+/// Load value into a purse through the issuer SAM (open: selected and unlocked).
+pub fn load<P, S>(purse: &mut P, issuer_sam: &mut S, req: LoadRequest) -> Result<LoadReceipt, FlowError>
+where
+    P: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    load_with(purse, issuer_sam, req, &FlowOptions::default())
+}
+
+/// [`load`] with options.
+pub fn load_with<P, S>(purse: &mut P, sam: &mut S, req: LoadRequest, opts: &FlowOptions) -> Result<LoadReceipt, FlowError>
+where
+    P: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    if req.amount == 0 {
+        return Err(FlowError::ZeroAmount);
+    }
+    let mut pc = PurseClient::new(&mut *purse);
+    pc.select().map_err(|e| purse_err("SELECT PURSE", e))?;
+    let init = pc.init_load().map_err(|e| purse_err("INIT LOAD", e))?;
+    let areq = AuthorizeLoad {
+        purse_id: init.purse_id,
+        currency: init.currency,
+        counter: init.counter,
+        challenge: init.challenge,
+        key_version: init.key_version,
+        amount: req.amount,
+        terminal_time: req.terminal_time,
+    };
+    let auth = match SamClient::new(&mut *sam).authorize_load(&areq) {
+        Ok(a) => a,
+        Err(e) if e.is_no_response() => return Err(void_orphan(purse, sam, opts, pw::usage::LOAD, init.purse_id)),
+        Err(e) => return Err(sam_err("AUTHORIZE LOAD", e)),
+    };
+    let msg = Load {
+        amount: req.amount,
+        sam_id: auth.sam_id,
+        sam_txn: auth.sam_txn,
+        terminal_time: req.terminal_time,
+        counter: init.counter,
+        mac: auth.mac,
+    };
+    let mut receipt = LoadReceipt {
+        purse_id: init.purse_id,
+        currency: init.currency,
+        amount: req.amount,
+        balance_before: init.balance,
+        balance_after: 0,
+        counter: init.counter,
+        sam_id: auth.sam_id,
+        sam_txn: auth.sam_txn,
+        terminal_time: req.terminal_time,
+        proof: [0; 8],
+        recovered: false,
+        sam_confirmed: false,
+    };
+    match PurseClient::new(&mut *purse).load(&msg) {
+        Ok(r) => {
+            receipt.counter = r.counter;
+            receipt.balance_after = r.balance_after;
+            receipt.proof = r.proof;
+        }
+        Err(e) if e.is_no_response() => {
+            match recover(purse, sam, opts, pw::usage::LOAD, init.purse_id, auth.sam_id, auth.sam_txn)? {
+                Some(rec) => {
+                    receipt.counter = rec.counter;
+                    receipt.balance_after = rec.balance_after;
+                    receipt.proof = rec.proof;
+                    receipt.recovered = true;
+                    receipt.sam_confirmed = true;
+                    return Ok(receipt);
+                }
+                None => return Err(FlowError::NotApplied { voided: true }),
+            }
+        }
+        Err(e) => {
+            let reason = purse_err("LOAD", e);
+            return Err(after_refusal(purse, sam, opts, pw::usage::LOAD, init.purse_id, auth.sam_id, auth.sam_txn, reason));
+        }
+    }
+    let confirm = Confirm {
+        purse_id: init.purse_id,
+        sam_txn: auth.sam_txn,
+        counter: receipt.counter,
+        amount: req.amount,
+        balance_after: receipt.balance_after,
+        proof: receipt.proof,
+    };
+    // The value moved at the purse: a failed CONFIRM is reported in the receipt, never as
+    // an error (the entry stays PENDING and the recovery step resolves it later).
+    match sam_idempotent(sam, opts, "CONFIRM LOAD", |c| c.confirm_load(&confirm)) {
+        Ok(()) => receipt.sam_confirmed = true,
+        Err(e) => tracing::warn!("CONFIRM LOAD failed ({e}); the SAM entry stays PENDING until resolved"),
+    }
+    Ok(receipt)
+}
+
+/// After the purse refused an authorised message: void the SAM's pending entry, then
+/// report the purse's reason. If the status says the transaction *was* applied (it cannot
+/// be, after a refusal), that is reported as a recovery failure.
+#[allow(clippy::too_many_arguments)]
+fn after_refusal<P, S>(
+    purse: &mut P,
+    sam: &mut S,
+    opts: &FlowOptions,
+    key_usage: u8,
+    purse_id: PurseId,
+    sam_id: [u8; 4],
+    sam_txn: u32,
+    reason: FlowError,
+) -> FlowError
+where
+    P: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    match void(purse, sam, opts, key_usage, purse_id, sam_id, sam_txn) {
+        Ok(false) => reason,
+        Ok(true) => FlowError::Recovery(format!("the purse refused ({reason}) but reports the transaction applied")),
+        Err(e) => FlowError::Recovery(format!("{reason}; and voiding the SAM authorisation failed: {e}")),
+    }
+}
+
+/// Pay from a purse at a terminal SAM (open: selected and unlocked).
+pub fn pay<P, S>(purse: &mut P, terminal_sam: &mut S, req: PayRequest) -> Result<PayReceipt, FlowError>
+where
+    P: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    pay_with(purse, terminal_sam, &req, &FlowOptions::default())
+}
+
+/// [`pay`] with options.
+pub fn pay_with<P, S>(purse: &mut P, sam: &mut S, req: &PayRequest, opts: &FlowOptions) -> Result<PayReceipt, FlowError>
+where
+    P: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    if req.amount == 0 {
+        return Err(FlowError::ZeroAmount);
+    }
+    let mut pc = PurseClient::new(&mut *purse);
+    pc.select().map_err(|e| purse_err("SELECT PURSE", e))?;
+    if let Some(pin) = &req.pin {
+        pc.verify_pin(pin).map_err(|e| purse_err("VERIFY PIN", e))?;
+    }
+    let begin = SamClient::new(&mut *sam)
+        .begin_purchase()
+        .map_err(|e| sam_err("BEGIN PURCHASE", e))?;
+    let init = PurseClient::new(&mut *purse)
+        .init_purchase(&InitPurchase {
+            sam_id: begin.sam_id,
+            sam_challenge: begin.sam_challenge,
+        })
+        .map_err(|e| purse_err("INIT PURCHASE", e))?;
+    // Refusals the host can see coming are made before the SAM authorises anything.
+    if init.balance < req.amount {
+        return Err(FlowError::InsufficientFunds {
+            balance: init.balance,
+            amount: req.amount,
+        });
+    }
+    let pin_needed = req.amount > init.pin_threshold
+        && init.flags & pw::FLAG_PIN_SET != 0
+        && init.flags & pw::FLAG_PIN_VALIDATED == 0;
+    if pin_needed {
+        return Err(FlowError::PinRequired {
+            threshold: init.pin_threshold,
+        });
+    }
+    let areq = AuthorizePurchase {
+        purse_id: init.purse_id,
+        currency: init.currency,
+        balance: init.balance,
+        counter: init.counter,
+        card_challenge: init.card_challenge,
+        key_version: init.key_version,
+        pin_threshold: init.pin_threshold,
+        flags: init.flags,
+        card_auth: init.card_auth,
+        amount: req.amount,
+        terminal_id: req.terminal_id,
+        terminal_time: req.terminal_time,
+    };
+    let auth = match SamClient::new(&mut *sam).authorize_purchase(&areq) {
+        Ok(a) => a,
+        Err(e) if e.is_no_response() => return Err(void_orphan(purse, sam, opts, pw::usage::DEBIT, init.purse_id)),
+        Err(e) => return Err(sam_err("AUTHORIZE PURCHASE", e)),
+    };
+    let msg = Purchase {
+        amount: req.amount,
+        terminal_id: req.terminal_id,
+        sam_id: begin.sam_id,
+        sam_txn: auth.sam_txn,
+        terminal_time: req.terminal_time,
+        counter: init.counter,
+        mac: auth.mac,
+    };
+    let mut receipt = PayReceipt {
+        purse_id: init.purse_id,
+        currency: init.currency,
+        amount: req.amount,
+        balance_before: init.balance,
+        balance_after: 0,
+        counter: init.counter,
+        terminal_id: req.terminal_id,
+        sam_id: begin.sam_id,
+        sam_txn: auth.sam_txn,
+        terminal_time: req.terminal_time,
+        proof: [0; 8],
+        recovered: false,
+        sam_confirmed: false,
+    };
+    match PurseClient::new(&mut *purse).purchase(&msg) {
+        Ok(r) => {
+            receipt.counter = r.counter;
+            receipt.balance_after = r.balance_after;
+            receipt.proof = r.proof;
+        }
+        Err(e) if e.is_no_response() => {
+            match recover(purse, sam, opts, pw::usage::DEBIT, init.purse_id, begin.sam_id, auth.sam_txn)? {
+                Some(rec) => {
+                    receipt.counter = rec.counter;
+                    receipt.balance_after = rec.balance_after;
+                    receipt.proof = rec.proof;
+                    receipt.recovered = true;
+                    receipt.sam_confirmed = true;
+                    return Ok(receipt);
+                }
+                None => return Err(FlowError::NotApplied { voided: true }),
+            }
+        }
+        Err(e) => {
+            let reason = match (e.sw(), purse_err("PURCHASE", e)) {
+                (_, FlowError::InsufficientFunds { .. }) => FlowError::InsufficientFunds {
+                    balance: init.balance,
+                    amount: req.amount,
+                },
+                (Some(Sw::SECURITY_STATUS_NOT_SATISFIED), _) if init.flags & pw::FLAG_PIN_SET != 0 && req.amount > init.pin_threshold => {
+                    FlowError::PinRequired {
+                        threshold: init.pin_threshold,
+                    }
+                }
+                (_, other) => other,
+            };
+            return Err(after_refusal(purse, sam, opts, pw::usage::DEBIT, init.purse_id, begin.sam_id, auth.sam_txn, reason));
+        }
+    }
+    let confirm = Confirm {
+        purse_id: init.purse_id,
+        sam_txn: auth.sam_txn,
+        counter: receipt.counter,
+        amount: req.amount,
+        balance_after: receipt.balance_after,
+        proof: receipt.proof,
+    };
+    match sam_idempotent(sam, opts, "CONFIRM PURCHASE", |c| c.confirm_purchase(&confirm)) {
+        Ok(()) => receipt.sam_confirmed = true,
+        Err(e) => tracing::warn!("CONFIRM PURCHASE failed ({e}); the SAM entry stays PENDING until resolved"),
+    }
+    Ok(receipt)
+}
+
+// ------------------------------------------------------------------ personalisation
+
+/// Personalise a purse through the issuer SAM (open): INIT PERSO at the purse, PERSONALISE
+/// PURSE at the SAM, PUT KEYS at the purse. Returns the purse data afterwards.
+pub fn personalise_purse<P, S>(card: &mut P, issuer_sam: &mut S) -> Result<PurseData, FlowError>
+where
+    P: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    let mut pc = PurseClient::new(card);
+    pc.select().map_err(|e| purse_err("SELECT PURSE", e))?;
+    let request = pc.init_perso().map_err(|e| purse_err("INIT PERSO", e))?;
+    let blob = SamClient::new(issuer_sam)
+        .personalise_purse(&request)
+        .map_err(|e| sam_err("PERSONALISE PURSE", e))?;
+    pc.put_keys(&blob).map_err(|e| purse_err("PUT KEYS", e))?;
+    pc.read_purse_data().map_err(|e| purse_err("READ PURSE DATA", e))
+}
+
+/// Personalise a new SAM (open: selected and unlocked with its own PIN) through the issuer
+/// SAM (open): INIT KEY IMPORT, EXPORT SAM KEYS for `role`, IMPORT KEYS. Returns the new
+/// SAM's data afterwards.
+pub fn personalise_sam<N, S>(new_sam: &mut N, issuer_sam: &mut S, role: u8) -> Result<SamData, FlowError>
+where
+    N: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    let mut nc = SamClient::new(new_sam);
+    let request = nc.init_key_import().map_err(|e| sam_err("INIT KEY IMPORT", e))?;
+    let blob = SamClient::new(issuer_sam)
+        .export_sam_keys(role, &request)
+        .map_err(|e| sam_err("EXPORT SAM KEYS", e))?;
+    nc.import_keys(&blob).map_err(|e| sam_err("IMPORT KEYS", e))?;
+    nc.sam_data().map_err(|e| sam_err("GET SAM DATA", e))
+}
+
+// ------------------------------------------------------------------ settlement
+
+/// What [`settle`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SettleReport {
+    #[serde(serialize_with = "hex_ser")]
+    pub sam_id: [u8; 4],
+    /// Batches exported, verified and acknowledged.
+    pub batches: usize,
+    /// Entries the issuer acknowledged (CONFIRMED and VOID), oldest first.
+    #[serde(skip)]
+    pub entries: Vec<JournalEntry>,
+    pub settled: usize,
+    /// Confirmed loads and purchases in the settled entries (minor units).
+    pub loads_total: u64,
+    pub purchases_total: u64,
+    pub voided: usize,
+    /// PENDING entries the SAM still holds (they stay until resolved).
+    pub pending_left: usize,
+    /// Highest sequence number acknowledged.
+    pub last_seq: u32,
+}
+
+/// Settle a SAM's journal with the issuer SAM (both open): EXPORT JOURNAL, VERIFY JOURNAL
+/// at the issuer, ACK JOURNAL, until nothing acknowledgeable is left.
+pub fn settle<T, S>(terminal_sam: &mut T, issuer_sam: &mut S) -> Result<SettleReport, FlowError>
+where
+    T: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    let mut report = SettleReport::default();
+    let mut seen = std::collections::BTreeSet::new();
+    // Each round acknowledges at least one new entry or stops: bounded by the journal.
+    for _ in 0..=u16::MAX as usize {
+        let batch = SamClient::new(&mut *terminal_sam)
+            .export_journal(0)
+            .map_err(|e| sam_err("EXPORT JOURNAL", e))?;
+        report.sam_id = batch.sam_id;
+        let fresh: Vec<JournalEntry> = batch
+            .entries
+            .iter()
+            .filter(|e| e.status != sw_::status::PENDING && !seen.contains(&e.seq))
+            .cloned()
+            .collect();
+        report.pending_left = batch.entries.iter().filter(|e| e.status == sw_::status::PENDING).count();
+        if fresh.is_empty() {
+            break;
+        }
+        let ack = SamClient::new(&mut *issuer_sam)
+            .verify_journal(&batch)
+            .map_err(|e| sam_err("VERIFY JOURNAL", e))?;
+        SamClient::new(&mut *terminal_sam)
+            .ack_journal(&ack)
+            .map_err(|e| sam_err("ACK JOURNAL", e))?;
+        report.batches += 1;
+        report.last_seq = report.last_seq.max(ack.last_seq);
+        for e in fresh {
+            seen.insert(e.seq);
+            if e.status == sw_::status::VOID {
+                report.voided += 1;
+            } else if e.kind == pw::kind::LOAD {
+                report.loads_total += u64::from(e.amount);
+            } else {
+                report.purchases_total += u64::from(e.amount);
+            }
+            report.settled += 1;
+            report.entries.push(e);
+        }
+    }
+    Ok(report)
+}

@@ -138,6 +138,9 @@ pub struct Context<'a> {
     pub(crate) card_id: &'a [u8],
     pub(crate) torn: &'a mut bool,
     pub(crate) requests: &'a mut OsRequests,
+    /// Scratch transient map for the (unreachable) case of a Context without a live
+    /// instance; see [`Context::transient`].
+    pub(crate) spare: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Context<'_> {
@@ -223,11 +226,19 @@ impl Context<'_> {
         }
     }
 
-    /// CLEAR_ON_RESET / CLEAR_ON_DESELECT transient memory of this instance.
+    /// CLEAR_ON_RESET / CLEAR_ON_DESELECT transient memory of this instance. Not subject
+    /// to the command's transaction (as in Java Card): writes stay even when the command
+    /// fails.
     pub fn transient(&mut self, kind: Clear) -> &mut BTreeMap<Vec<u8>, Vec<u8>> {
-        // `me` always indexes a live slot while an applet runs; an empty map is returned
-        // otherwise so that no input can make this panic.
-        static_empty_guard(self.instances, self.me, kind)
+        match self.instances.get_mut(self.me) {
+            Some(slot) => match kind {
+                Clear::OnReset => &mut slot.transient.on_reset,
+                Clear::OnDeselect => &mut slot.transient.on_deselect,
+            },
+            // Unreachable: the OS builds a Context only for a live instance. A scratch map
+            // that lives as long as this Context keeps the signature panic-free.
+            None => &mut self.spare,
+        }
     }
 
     /// Mark a PIN of this instance as validated (or not) until reset or deselect.
@@ -294,6 +305,7 @@ impl Context<'_> {
                 card_id: self.card_id,
                 torn: &mut *self.torn,
                 requests: &mut *self.requests,
+                spare: BTreeMap::new(),
             };
             applet.service(&mut sub, &caller, request)
         };
@@ -302,29 +314,6 @@ impl Context<'_> {
         }
         result
     }
-}
-
-fn static_empty_guard(
-    instances: &mut [InstanceSlot],
-    me: usize,
-    kind: Clear,
-) -> &mut BTreeMap<Vec<u8>, Vec<u8>> {
-    // Callers only construct a Context with a valid `me`; split_at_mut keeps this free of
-    // indexing panics even if that invariant were broken (the last slot is used then).
-    let len = instances.len();
-    let idx = me.min(len.saturating_sub(1));
-    let (_, rest) = instances.split_at_mut(idx);
-    match rest.first_mut() {
-        Some(slot) => match kind {
-            Clear::OnReset => &mut slot.transient.on_reset,
-            Clear::OnDeselect => &mut slot.transient.on_deselect,
-        },
-        None => unreachable_empty(),
-    }
-}
-
-fn unreachable_empty() -> &'static mut BTreeMap<Vec<u8>, Vec<u8>> {
-    Box::leak(Box::default())
 }
 
 pub(crate) fn store_sw(e: StoreError) -> Sw {

@@ -148,7 +148,8 @@ struct OutBuf {
 
 #[derive(Debug)]
 struct Chain {
-    header: [u8; 3],
+    /// CLA (chaining bit cleared), INS, P1, P2 of the first part.
+    header: [u8; 4],
     data: Vec<u8>,
 }
 
@@ -428,6 +429,8 @@ impl Card {
                 .iter()
                 .position(|s| s.record.privileges.default_selected && s.record.state == AppState::Selectable)
         {
+            // A refusal leaves the basic channel with nothing selected; a power cut
+            // leaves the card off, which the next command reports.
             let _ = self.run_select(idx, 0);
         }
     }
@@ -475,22 +478,28 @@ impl Card {
         }
         self.commands += 1;
         let result = self.dispatch(apdu);
-        match &result {
-            Ok(r) => tracing::debug!(
-                target: "tessera::apdu",
-                cla = apdu.first().copied().unwrap_or(0),
-                ins = apdu.get(1).copied().unwrap_or(0),
-                p1 = apdu.get(2).copied().unwrap_or(0),
-                p2 = apdu.get(3).copied().unwrap_or(0),
-                command = %hex::encode_upper(apdu),
-                response = %hex::encode_upper(&r.data),
-                sw = %r.sw,
-                meaning = r.sw.description(),
-                "apdu"
-            ),
-            Err(e) => tracing::debug!(target: "tessera::apdu", command = %hex::encode_upper(apdu), error = %e, "apdu"),
+        // Formatting hex costs more than the whole dispatch: only do it when someone listens.
+        if tracing::enabled!(target: "tessera::apdu", tracing::Level::DEBUG) {
+            trace_exchange(apdu, &result);
         }
         result
+    }
+
+    /// The AID of the instance selected on a logical channel (`None` when the channel is
+    /// closed or has no selection).
+    pub fn selected_aid(&self, channel: u8) -> Option<Vec<u8>> {
+        let idx = self.channels.get(channel as usize)?.as_ref()?.selected?;
+        self.instances.get(idx).map(|s| s.record.aid.clone())
+    }
+
+    /// Logical channels currently open (0 is always open while the card is powered).
+    pub fn open_channels(&self) -> Vec<u8> {
+        self.channels
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_some())
+            .map(|(i, _)| i as u8)
+            .collect()
     }
 
     fn dispatch(&mut self, apdu: &[u8]) -> Result<Response, CardError> {
@@ -503,61 +512,70 @@ impl Card {
             Err(sw) => return Ok(Response::status(sw)),
         };
         let ch = class.channel as usize;
-        if self.channels.get(ch).is_none_or(|c| c.is_none()) {
+        if !matches!(self.channels.get(ch), Some(Some(_))) {
             return Ok(Response::status(Sw::LOGICAL_CHANNEL_NOT_SUPPORTED));
         }
         if self.life == CardState::Terminated {
             return Ok(Response::status(Sw::CONDITIONS_NOT_SATISFIED));
         }
+        let interindustry = !class.proprietary;
 
-        // GET RESPONSE (interindustry class only).
-        if cmd.ins == INS_GET_RESPONSE && !class.proprietary {
-            return Ok(self.get_response(ch, &cmd));
+        // GET RESPONSE (interindustry class only; a proprietary C0 goes to the applet).
+        if interindustry && cmd.ins == INS_GET_RESPONSE {
+            return Ok(self.get_response(ch, &class, &cmd));
         }
+        // Any other command discards a response still waiting for GET RESPONSE.
         if let Some(Some(c)) = self.channels.get_mut(ch) {
             c.out = None;
         }
 
-        // Command chaining.
-        let (cmd, header) = match self.chain(ch, &class, cmd) {
-            ChainStep::Done(r) => return Ok(r),
-            ChainStep::Process(cmd, header) => (cmd, header),
+        // Command chaining: the applet sees only the assembled command.
+        let cmd = match self.chain(ch, &class, cmd) {
+            Ok(cmd) => cmd,
+            Err(resp) => return Ok(resp),
         };
-        let _ = header;
 
-        let interindustry = !class.proprietary;
-        let result = if interindustry && cmd.ins == INS_MANAGE_CHANNEL {
-            self.manage_channel(ch, &cmd)
-        } else if interindustry && cmd.ins == INS_SELECT && cmd.p1 == 0x04 {
-            self.select_by_name(ch, &cmd)
+        let manage = interindustry && cmd.ins == INS_MANAGE_CHANNEL;
+        let select = interindustry && cmd.ins == INS_SELECT && cmd.p1 == 0x04;
+        if (manage || select) && class.secure_messaging {
+            return Ok(Response::status(Sw::SECURE_MESSAGING_NOT_SUPPORTED));
+        }
+        let resp = if manage {
+            self.manage_channel(ch, &cmd)?
+        } else if select {
+            self.select_by_name(ch, &cmd)?
         } else {
-            self.to_applet(ch, &cmd)
+            self.to_applet(ch, &cmd)?
         };
-        let resp = result?;
         Ok(self.shape_response(ch, &cmd, resp))
     }
 
-    fn chain(&mut self, ch: usize, class: &ClassByte, mut cmd: Command) -> ChainStep {
+    /// Command chaining (ISO/IEC 7816-4 §5.3.3). A part with the chaining bit set is kept
+    /// and answered 9000; the last part (bit clear) releases the assembled command. Parts
+    /// must repeat the same CLA (chaining bit aside), INS, P1 and P2; anything else ends
+    /// the chain with 6883 and is not executed. A part with Le but no data (case 2) is 6700;
+    /// more than [`MAX_CHAIN_DATA`] bytes in total is 6700. Either error drops the chain.
+    fn chain(&mut self, ch: usize, class: &ClassByte, mut cmd: Command) -> Result<Command, Response> {
         let Some(Some(channel)) = self.channels.get_mut(ch) else {
-            return ChainStep::Done(Response::status(Sw::LOGICAL_CHANNEL_NOT_SUPPORTED));
+            return Err(Response::status(Sw::LOGICAL_CHANNEL_NOT_SUPPORTED));
         };
-        let header = [cmd.ins, cmd.p1, cmd.p2];
+        let header = [class.without_chaining(), cmd.ins, cmd.p1, cmd.p2];
         if class.chained {
             if cmd.le.is_some() && cmd.data.is_empty() {
                 channel.chain = None;
-                return ChainStep::Done(Response::status(Sw::WRONG_LENGTH));
+                return Err(Response::status(Sw::WRONG_LENGTH));
             }
             match &mut channel.chain {
                 Some(chain) if chain.header == header => {
                     if chain.data.len() + cmd.data.len() > MAX_CHAIN_DATA {
                         channel.chain = None;
-                        return ChainStep::Done(Response::status(Sw::WRONG_LENGTH));
+                        return Err(Response::status(Sw::WRONG_LENGTH));
                     }
                     chain.data.extend_from_slice(&cmd.data);
                 }
                 Some(_) => {
                     channel.chain = None;
-                    return ChainStep::Done(Response::status(Sw::LAST_COMMAND_EXPECTED));
+                    return Err(Response::status(Sw::LAST_COMMAND_EXPECTED));
                 }
                 None => {
                     channel.chain = Some(Chain {
@@ -566,28 +584,44 @@ impl Card {
                     });
                 }
             }
-            return ChainStep::Done(Response::status(Sw::OK));
+            return Err(Response::status(Sw::OK));
         }
         if let Some(chain) = channel.chain.take() {
             if chain.header != header {
-                return ChainStep::Done(Response::status(Sw::LAST_COMMAND_EXPECTED));
+                return Err(Response::status(Sw::LAST_COMMAND_EXPECTED));
             }
             if chain.data.len() + cmd.data.len() > MAX_CHAIN_DATA {
-                return ChainStep::Done(Response::status(Sw::WRONG_LENGTH));
+                return Err(Response::status(Sw::WRONG_LENGTH));
             }
             let mut data = chain.data;
             data.extend_from_slice(&cmd.data);
             cmd.data = data;
+            if cmd.data.len() > tessera_apdu::MAX_SHORT_DATA {
+                cmd.extended = true;
+            }
         }
         cmd.cla = class.without_chaining();
-        ChainStep::Process(cmd, header)
+        Ok(cmd)
     }
 
-    fn get_response(&mut self, ch: usize, cmd: &Command) -> Response {
+    /// GET RESPONSE (INS C0): serve the next part of a response left by the previous
+    /// command on this channel.
+    fn get_response(&mut self, ch: usize, class: &ClassByte, cmd: &Command) -> Response {
+        let t0 = self.profile.t0_get_response;
         let Some(Some(channel)) = self.channels.get_mut(ch) else {
             return Response::status(Sw::LOGICAL_CHANNEL_NOT_SUPPORTED);
         };
-        channel.chain = None;
+        if channel.chain.take().is_some() {
+            // A chain is open: the card expects its last part (and has nothing to serve).
+            channel.out = None;
+            return Response::status(Sw::LAST_COMMAND_EXPECTED);
+        }
+        if class.secure_messaging {
+            return Response::status(Sw::SECURE_MESSAGING_NOT_SUPPORTED);
+        }
+        if class.chained || !cmd.data.is_empty() {
+            return Response::status(Sw::WRONG_LENGTH);
+        }
         if cmd.p1 != 0 || cmd.p2 != 0 {
             return Response::status(Sw::INCORRECT_P1P2);
         }
@@ -595,13 +629,16 @@ impl Card {
             return Response::status(Sw::CONDITIONS_NOT_SATISFIED);
         };
         let remaining = out.data.len().saturating_sub(out.pos);
+        // Le absent is read as a short Le of 00 (T=0 sends P3 = 00): up to 256 bytes.
         let le = cmd.le.unwrap_or(256);
-        if remaining < le && !cmd.extended && le != 256 {
+        if t0 && !cmd.extended && le != 256 && le > remaining {
+            // ISO/IEC 7816-3 T=0: wrong P3, the exact length is in SW2; data kept.
             return Response::status(Sw::wrong_le(remaining));
         }
         let n = le.min(remaining);
-        let chunk = out.data.get(out.pos..out.pos + n).unwrap_or(&[]).to_vec();
-        out.pos += n;
+        let end = out.pos.saturating_add(n);
+        let chunk = out.data.get(out.pos..end).unwrap_or(&[]).to_vec();
+        out.pos = end;
         let left = remaining - n;
         if left == 0 {
             channel.out = None;
@@ -614,60 +651,51 @@ impl Card {
         }
     }
 
-    /// Apply Le to a successful response: 61xx when more data waits for GET RESPONSE,
-    /// 6Cxx for a wrong short Le in case 2.
+    /// Apply Le to a successful response: when the data is longer than Le, or Le is absent
+    /// on a T=0-style profile, send what fits (nothing when Le is absent), keep the rest for
+    /// GET RESPONSE and answer 61xx. (6Cxx is decided before the commit, in
+    /// [`Card::with_applet`], because it must leave the memory unchanged.)
     fn shape_response(&mut self, ch: usize, cmd: &Command, resp: Response) -> Response {
         if resp.sw != Sw::OK || resp.data.is_empty() {
             return resp;
         }
         let len = resp.data.len();
-        let buffer = |channel: &mut Option<Channel>, data: Vec<u8>, pos: usize| {
-            if let Some(c) = channel.as_mut() {
-                c.out = Some(OutBuf { data, pos });
-            }
+        let sent = match cmd.le {
+            None if self.profile.t0_get_response => 0,
+            Some(le) if len > le => le,
+            _ => return resp,
         };
-        match cmd.le {
-            None => {
-                if self.profile.t0_get_response {
-                    if let Some(c) = self.channels.get_mut(ch) {
-                        buffer(c, resp.data, 0);
-                    }
-                    Response::status(Sw::bytes_remaining(len))
-                } else {
-                    resp
-                }
-            }
-            Some(le) if len > le => {
-                let first = resp.data.get(..le).unwrap_or(&[]).to_vec();
-                let left = len - le;
-                if let Some(c) = self.channels.get_mut(ch) {
-                    buffer(c, resp.data, le);
-                }
-                Response {
-                    data: first,
-                    sw: Sw::bytes_remaining(left),
-                }
-            }
-            Some(le) if len < le && cmd.case() == 2 && !cmd.extended && le != 256 => {
-                // The card keeps nothing for a re-issued command: applets are expected to
-                // be idempotent for case-2 reads, which the 6Cxx protocol requires.
-                Response::status(Sw::wrong_le(len))
-            }
-            Some(_) => resp,
+        let Some(Some(channel)) = self.channels.get_mut(ch) else {
+            // The command closed its own channel: nothing can be fetched later.
+            return resp;
+        };
+        let data = resp.data;
+        let first = data.get(..sent).unwrap_or(&[]).to_vec();
+        channel.out = Some(OutBuf { data, pos: sent });
+        Response {
+            data: first,
+            sw: Sw::bytes_remaining(len - sent),
         }
     }
 
+    fn multi_selectable(&self, idx: usize) -> bool {
+        self.instances.get(idx).is_some_and(|slot| {
+            self.load_files
+                .iter()
+                .find(|l| l.name == slot.record.load_file)
+                .is_some_and(|l| l.multi_selectable)
+        })
+    }
+
+    /// Whether instance `idx` may be selected on channel `ch`: 6A82 when it is not
+    /// SELECTABLE (or its code is missing), 6985 when it is not multi-selectable and is
+    /// already selected on another channel.
     fn selectable_on(&self, idx: usize, ch: usize) -> Result<(), Sw> {
         let slot = self.instances.get(idx).ok_or(Sw::FILE_NOT_FOUND)?;
         if slot.record.state != AppState::Selectable || slot.applet.is_none() {
             return Err(Sw::FILE_NOT_FOUND);
         }
-        let multi = self
-            .load_files
-            .iter()
-            .find(|l| l.name == slot.record.load_file)
-            .is_some_and(|l| l.multi_selectable);
-        if !multi {
+        if !self.multi_selectable(idx) {
             let elsewhere = self
                 .channels
                 .iter()
@@ -680,47 +708,56 @@ impl Card {
         Ok(())
     }
 
+    fn default_instance(&self) -> Option<usize> {
+        self.instances
+            .iter()
+            .position(|s| s.record.privileges.default_selected && s.record.state == AppState::Selectable)
+    }
+
+    /// SELECT by DF name (P1 = 04).
     fn select_by_name(&mut self, ch: usize, cmd: &Command) -> Result<Response, CardError> {
-        if self.life == CardState::CardLocked {
-            return Ok(Response::status(Sw::FILE_NOT_FOUND));
-        }
         if cmd.data.len() > 16 {
             return Ok(Response::status(Sw::WRONG_LENGTH));
         }
-        // P2: b1-b2 occurrence (00 first, 02 next), b3-b4 response (00 FCI, 0C none).
+        // P2: b2-b1 occurrence (00 first, 01 last, 10 next, 11 previous), b4-b3 response
+        // (00 FCI, 01 FCP, 10 FMD, 11 none); b8-b5 must be zero.
         let occurrence = cmd.p2 & 0x03;
         let option = cmd.p2 & 0x0C;
-        if cmd.p2 & 0xF0 != 0 || !(option == 0x00 || option == 0x0C) {
+        if cmd.p2 & 0xF0 != 0 {
             return Ok(Response::status(Sw::INCORRECT_P1P2));
         }
-        if occurrence == 0x01 || occurrence == 0x03 {
+        if occurrence == 0x01 || occurrence == 0x03 || option == 0x04 || option == 0x08 {
             return Ok(Response::status(Sw::FUNCTION_NOT_SUPPORTED));
         }
+        if self.life == CardState::CardLocked {
+            return Ok(Response::status(Sw::FILE_NOT_FOUND));
+        }
         let current = self.channels.get(ch).and_then(|c| c.as_ref()).and_then(|c| c.selected);
-        let start = if occurrence == 0x02 {
-            match current {
-                Some(i) if self.instances.get(i).is_some_and(|s| s.record.aid.starts_with(&cmd.data)) => i + 1,
-                _ => 0,
-            }
+        let found = if cmd.data.is_empty() {
+            // No DF name: the default-selected instance (GlobalPlatform), if any.
+            self.default_instance()
         } else {
-            0
+            let name = cmd.data.as_slice();
+            let start = match current {
+                Some(i) if occurrence == 0x02 && self.instances.get(i).is_some_and(|s| s.record.aid.starts_with(name)) => i + 1,
+                _ => 0,
+            };
+            (start..self.instances.len()).find(|&i| {
+                self.instances.get(i).is_some_and(|s| {
+                    s.record.aid.starts_with(name) && s.record.state == AppState::Selectable && s.applet.is_some()
+                })
+            })
         };
-        let found = (start..self.instances.len()).find(|&i| {
-            self.instances
-                .get(i)
-                .is_some_and(|s| s.record.aid.starts_with(&cmd.data) && s.record.state == AppState::Selectable && s.applet.is_some())
-        });
+        // Failures before this point leave the current selection untouched (ISO 7816-4).
         let Some(idx) = found else {
             return Ok(Response::status(Sw::FILE_NOT_FOUND));
         };
-        if current != Some(idx)
-            && let Err(sw) = self.selectable_on(idx, ch)
-        {
+        if let Err(sw) = self.selectable_on(idx, ch) {
             return Ok(Response::status(sw));
         }
-        // Deselect the previous instance on this channel.
+        // Deselect the previous instance on this channel (also when it is reselected).
         if let Some(prev) = current {
-            self.run_deselect(prev, ch);
+            self.run_deselect(prev, ch)?;
         }
         match self.run_select(idx, ch)? {
             Ok(proprietary) => {
@@ -739,32 +776,44 @@ impl Card {
     }
 
     /// Run an instance's `select` on a channel inside a transaction. On success the
-    /// channel's selection is the instance; on refusal the channel has no selection.
+    /// channel's selection is the instance; on refusal the channel has no selection (as in
+    /// Java Card: the previous instance was already deselected). A refusal without a
+    /// status word of the applet's own (6F00, or a panic) is answered 6999.
     fn run_select(&mut self, idx: usize, ch: usize) -> Result<Result<Vec<u8>, Sw>, CardError> {
         if let Some(Some(c)) = self.channels.get_mut(ch) {
             c.selected = None;
         }
-        let r = self.with_applet(idx, ch, |applet, ctx| applet.select(ctx))?;
+        let r = self.with_applet(idx, ch, None, |applet, ctx| applet.select(ctx))?;
         let r = match r {
-            Err(sw) if sw == Sw::UNKNOWN => Err(Sw(0x6999)),
+            Err(sw) if sw == Sw::UNKNOWN || sw == Sw::OK => Err(Sw::APPLET_SELECT_FAILED),
             other => other,
         };
-        if r.is_ok()
-            && let Some(Some(c)) = self.channels.get_mut(ch)
-        {
-            c.selected = Some(idx);
+        match &r {
+            Ok(_) => {
+                if let Some(Some(c)) = self.channels.get_mut(ch) {
+                    c.selected = Some(idx);
+                }
+            }
+            Err(_) => self.clear_if_unselected(idx),
         }
         Ok(r)
     }
 
-    fn run_deselect(&mut self, idx: usize, ch: usize) {
+    fn run_deselect(&mut self, idx: usize, ch: usize) -> Result<(), CardError> {
         if let Some(Some(c)) = self.channels.get_mut(ch) {
             c.selected = None;
         }
-        let _ = self.with_applet(idx, ch, |applet, ctx| {
+        let r = self.with_applet(idx, ch, None, |applet, ctx| {
             applet.deselect(ctx);
             Ok(Vec::new())
         });
+        self.clear_if_unselected(idx);
+        r.map(|_| ())
+    }
+
+    /// CLEAR_ON_DESELECT memory and PIN validation end when the instance is no longer
+    /// selected on any channel.
+    fn clear_if_unselected(&mut self, idx: usize) {
         let still = self
             .channels
             .iter()
@@ -775,77 +824,125 @@ impl Card {
         }
     }
 
+    /// Forget every selection without running `deselect` (card locked or terminated,
+    /// application locked). Deselect-scoped state is cleared.
+    fn drop_selections(&mut self, only: Option<usize>) {
+        for c in self.channels.iter_mut().flatten() {
+            if c.selected.is_some() && (only.is_none() || c.selected == only) {
+                c.selected = None;
+                c.out = None;
+            }
+        }
+        for idx in 0..self.instances.len() {
+            if only.is_none() || only == Some(idx) {
+                self.clear_if_unselected(idx);
+            }
+        }
+    }
+
+    /// MANAGE CHANNEL (INS 70): P1 = 00 open (P2 = 00: the card chooses and returns the
+    /// number; P2 = 01-13: that channel), P1 = 80 close (P2 = 00: the channel of CLA).
     fn manage_channel(&mut self, ch: usize, cmd: &Command) -> Result<Response, CardError> {
         if !cmd.data.is_empty() {
             return Ok(Response::status(Sw::WRONG_LENGTH));
         }
+        if cmd.p2 > 19 {
+            return Ok(Response::status(Sw::INCORRECT_P1P2));
+        }
         match cmd.p1 {
-            0x00 => {
-                // Open.
-                let target = if cmd.p2 == 0 {
-                    match (1..self.channels.len()).find(|&i| self.channels.get(i).is_some_and(|c| c.is_none())) {
-                        Some(t) => t,
-                        None => return Ok(Response::status(Sw::LOGICAL_CHANNEL_NOT_SUPPORTED)),
-                    }
-                } else {
-                    let t = cmd.p2 as usize;
-                    match self.channels.get(t) {
-                        None => return Ok(Response::status(Sw::INCORRECT_P1P2)),
-                        Some(Some(_)) => return Ok(Response::status(Sw::CONDITIONS_NOT_SATISFIED)),
-                        Some(None) => t,
-                    }
-                };
-                if cmd.p2 == 0 && cmd.le != Some(1) && cmd.le.is_some() {
-                    return Ok(Response::status(Sw::WRONG_LENGTH));
-                }
-                if let Some(c) = self.channels.get_mut(target) {
-                    *c = Some(Channel::default());
-                }
-                // The new channel inherits the selection of the originating channel when
-                // that is not the basic channel; from the basic channel it gets the
-                // default instance.
-                let inherit = if ch != 0 {
-                    self.channels.get(ch).and_then(|c| c.as_ref()).and_then(|c| c.selected)
-                } else {
-                    self.instances
-                        .iter()
-                        .position(|s| s.record.privileges.default_selected && s.record.state == AppState::Selectable)
-                };
-                if let Some(idx) = inherit
-                    && self.selectable_on(idx, target).is_ok()
-                {
-                    let _ = self.run_select(idx, target)?;
-                }
-                let data = if cmd.p2 == 0 { vec![target as u8] } else { Vec::new() };
-                Ok(Response::ok(data))
-            }
+            0x00 => self.open_channel(ch, cmd),
             0x80 => {
                 let target = if cmd.p2 == 0 { ch } else { cmd.p2 as usize };
                 if target == 0 {
+                    // The basic channel is never closed.
                     return Ok(Response::status(Sw::INCORRECT_P1P2));
                 }
-                match self.channels.get(target) {
-                    Some(Some(c)) => {
-                        if let Some(idx) = c.selected {
-                            self.run_deselect(idx, target);
-                        }
-                        if let Some(c) = self.channels.get_mut(target) {
-                            *c = None;
-                        }
-                        Ok(Response::ok(Vec::new()))
-                    }
-                    _ => Ok(Response::status(Sw::INCORRECT_P1P2)),
+                let selected = match self.channels.get(target) {
+                    Some(Some(c)) => c.selected,
+                    _ => return Ok(Response::status(Sw::INCORRECT_P1P2)),
+                };
+                if let Some(idx) = selected {
+                    self.run_deselect(idx, target)?;
                 }
+                if let Some(c) = self.channels.get_mut(target) {
+                    *c = None;
+                }
+                Ok(Response::ok(Vec::new()))
             }
             _ => Ok(Response::status(Sw::INCORRECT_P1P2)),
         }
     }
 
+    fn open_channel(&mut self, ch: usize, cmd: &Command) -> Result<Response, CardError> {
+        if cmd.p2 == 0
+            && let Some(le) = cmd.le
+            && !cmd.extended
+            && le != 1
+            && le != 256
+        {
+            // The answer is exactly one byte: ask for a re-issue before opening anything.
+            return Ok(Response::status(Sw::wrong_le(1)));
+        }
+        let target = if cmd.p2 == 0 {
+            match (1..self.channels.len()).find(|&i| matches!(self.channels.get(i), Some(None))) {
+                Some(t) => t,
+                None => return Ok(Response::status(Sw::LOGICAL_CHANNEL_NOT_SUPPORTED)),
+            }
+        } else {
+            let t = cmd.p2 as usize;
+            match self.channels.get(t) {
+                None => return Ok(Response::status(Sw::LOGICAL_CHANNEL_NOT_SUPPORTED)),
+                Some(Some(_)) => return Ok(Response::status(Sw::CONDITIONS_NOT_SATISFIED)),
+                Some(None) => t,
+            }
+        };
+        if let Some(c) = self.channels.get_mut(target) {
+            *c = Some(Channel::default());
+        }
+        if ch != 0 {
+            // Opened from another logical channel: the new channel selects the instance of
+            // the originating channel. When that is impossible (not multi-selectable, or
+            // the instance refuses), the channel is not opened.
+            let origin = self.channels.get(ch).and_then(|c| c.as_ref()).and_then(|c| c.selected);
+            if let Some(idx) = origin {
+                let refused = match self.selectable_on(idx, target) {
+                    Err(sw) => Some(sw),
+                    Ok(()) => self.run_select(idx, target)?.err(),
+                };
+                if let Some(sw) = refused {
+                    if let Some(c) = self.channels.get_mut(target) {
+                        *c = None;
+                    }
+                    return Ok(Response::status(sw));
+                }
+            }
+        } else if let Some(idx) = self.default_instance()
+            && self.selectable_on(idx, target).is_ok()
+        {
+            // Opened from the basic channel: the default instance, when it can be selected
+            // there too; otherwise the channel opens with nothing selected.
+            let _ = self.run_select(idx, target)?;
+        }
+        let data = if cmd.p2 == 0 { vec![target as u8] } else { Vec::new() };
+        Ok(Response::ok(data))
+    }
+
     fn to_applet(&mut self, ch: usize, cmd: &Command) -> Result<Response, CardError> {
         let Some(idx) = self.channels.get(ch).and_then(|c| c.as_ref()).and_then(|c| c.selected) else {
-            return Ok(Response::status(Sw::COMMAND_NOT_ALLOWED));
+            let sw = if cmd.ins == INS_SELECT && cmd.cla & 0x80 == 0 {
+                Sw::FILE_NOT_FOUND
+            } else {
+                Sw::COMMAND_NOT_ALLOWED
+            };
+            return Ok(Response::status(sw));
         };
-        match self.with_applet(idx, ch, |applet, ctx| applet.process(ctx, cmd))? {
+        // Case 2 with a short Le other than 00 on a T=0-style profile: the response must be
+        // exactly Le bytes long, else 6Cxx (and nothing of the command may persist).
+        let exact_le = match cmd.le {
+            Some(le) if self.profile.t0_get_response && cmd.data.is_empty() && !cmd.extended && le != 256 => Some(le),
+            _ => None,
+        };
+        match self.with_applet(idx, ch, exact_le, |applet, ctx| applet.process(ctx, cmd))? {
             Ok(data) => Ok(Response::ok(data)),
             Err(sw) => Ok(Response::status(sw)),
         }
@@ -853,7 +950,10 @@ impl Card {
 
     /// Run one applet entry point inside a store transaction: commit on success, roll back
     /// on an error status or a panic, cut power where the tearing hook says so.
-    fn with_applet<F>(&mut self, idx: usize, ch: usize, f: F) -> Result<Result<Vec<u8>, Sw>, CardError>
+    ///
+    /// `exact_le`: when the applet answers fewer (non-zero) bytes than this, the command
+    /// is rolled back and answered 6Cxx (ISO/IEC 7816-3 T=0 case 2).
+    fn with_applet<F>(&mut self, idx: usize, ch: usize, exact_le: Option<usize>, f: F) -> Result<Result<Vec<u8>, Sw>, CardError>
     where
         F: FnOnce(&mut Box<dyn Applet>, &mut Context<'_>) -> Result<Vec<u8>, Sw>,
     {
@@ -874,6 +974,7 @@ impl Card {
                 card_id: &self.profile.card_id,
                 torn: &mut torn,
                 requests: &mut requests,
+                spare: Default::default(),
             };
             catch_unwind(AssertUnwindSafe(|| f(&mut applet, &mut ctx)))
         };
@@ -893,19 +994,33 @@ impl Card {
         };
         match result {
             Ok(data) => {
-                if requests.terminate_card {
-                    let _ = self.store.put(OS_NS, KEY_STATE, &[CardState::Terminated.gp_byte()]);
-                } else if requests.lock_card {
-                    let _ = self.store.put(OS_NS, KEY_STATE, &[CardState::CardLocked.gp_byte()]);
+                if let Some(le) = exact_le
+                    && !data.is_empty()
+                    && data.len() < le
+                {
+                    self.store.rollback();
+                    return Ok(Err(Sw::wrong_le(data.len())));
+                }
+                let new_life = if requests.terminate_card {
+                    Some(CardState::Terminated)
+                } else if requests.lock_card && self.life != CardState::Terminated {
+                    Some(CardState::CardLocked)
+                } else {
+                    None
+                };
+                if let Some(state) = new_life
+                    && let Err(e) = self.store.put(OS_NS, KEY_STATE, &[state.gp_byte()])
+                {
+                    self.store.rollback();
+                    return Ok(Err(store_sw(e)));
                 }
                 if self.store.commit().is_err() {
                     self.cut_power();
                     return Err(CardError::PowerLost);
                 }
-                if requests.terminate_card {
-                    self.life = CardState::Terminated;
-                } else if requests.lock_card {
-                    self.life = CardState::CardLocked;
+                if let Some(state) = new_life {
+                    self.life = state;
+                    self.drop_selections(None);
                 }
                 if self.store.take_after_commit_cut() {
                     self.cut_power();
@@ -975,9 +1090,9 @@ impl Card {
             transient: Transient::default(),
             pins_validated: Default::default(),
         });
-        let idx = self.instances.len() - 1;
+        let idx = self.instances.len().saturating_sub(1);
         // `with_applet` commits the instance record together with the applet's writes.
-        let r = self.with_applet(idx, 0, |applet, ctx| applet.install(ctx, params).map(|_| Vec::new()));
+        let r = self.with_applet(idx, 0, None, |applet, ctx| applet.install(ctx, params).map(|_| Vec::new()));
         match r {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(sw)) => {
@@ -1054,12 +1169,8 @@ impl Card {
         if let Some(slot) = self.instances.get_mut(idx) {
             slot.record = record;
         }
-        if state == AppState::Locked {
-            for c in self.channels.iter_mut().flatten() {
-                if c.selected == Some(idx) {
-                    c.selected = None;
-                }
-            }
+        if state != AppState::Selectable {
+            self.drop_selections(Some(idx));
         }
         Ok(())
     }
@@ -1091,9 +1202,7 @@ impl Card {
         self.store.commit().map_err(|_| CardError::PowerLost)?;
         self.life = to;
         if to == CardLocked || to == Terminated {
-            for c in self.channels.iter_mut().flatten() {
-                c.selected = None;
-            }
+            self.drop_selections(None);
         }
         Ok(())
     }
@@ -1104,7 +1213,40 @@ fn store_err(e: crate::store::StoreError) -> OsError {
     OsError::NotEnoughMemory
 }
 
-enum ChainStep {
-    Done(Response),
-    Process(Command, [u8; 3]),
+
+/// One DEBUG event per exchange on target `tessera::apdu`: the decoded header (CLA, INS,
+/// P1, P2, logical channel), the command and response in hex, and the status word with
+/// its meaning. Callers check `tracing::enabled!` first.
+fn trace_exchange(apdu: &[u8], result: &Result<Response, CardError>) {
+    let (cla, ins, p1, p2) = match apdu {
+        [a, b, c, d, ..] => (*a, *b, *c, *d),
+        _ => (0, 0, 0, 0),
+    };
+    let channel = ClassByte::decode(cla).ok().map(|c| c.channel);
+    match result {
+        Ok(r) => tracing::debug!(
+            target: "tessera::apdu",
+            cla = %format_args!("{cla:02X}"),
+            ins = %format_args!("{ins:02X}"),
+            p1 = %format_args!("{p1:02X}"),
+            p2 = %format_args!("{p2:02X}"),
+            channel = ?channel,
+            command = %hex::encode_upper(apdu),
+            response = %hex::encode_upper(&r.data),
+            sw = %r.sw,
+            meaning = r.sw.description(),
+            "apdu"
+        ),
+        Err(e) => tracing::debug!(
+            target: "tessera::apdu",
+            cla = %format_args!("{cla:02X}"),
+            ins = %format_args!("{ins:02X}"),
+            p1 = %format_args!("{p1:02X}"),
+            p2 = %format_args!("{p2:02X}"),
+            channel = ?channel,
+            command = %hex::encode_upper(apdu),
+            error = %e,
+            "apdu"
+        ),
+    }
 }

@@ -44,7 +44,7 @@ pub enum ImageError {
     Checksum,
     #[error("card image names load files this program does not provide: {0}")]
     MissingLoadFiles(String),
-    #[error("refusing to overwrite {0}: it exists and is not a Tessera card image")]
+    #[error("refusing to overwrite {0}: it exists and is not an intact Tessera card image of a supported version")]
     WouldOverwrite(PathBuf),
     #[error("power is on with a command in progress")]
     Busy,
@@ -83,7 +83,25 @@ fn field<'a>(b: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], ImageErr
 
 /// Parse image bytes into a card (powered off).
 pub fn from_bytes(bytes: &[u8], load_files: Vec<LoadFile>) -> Result<Card, ImageError> {
-    if bytes.len() < 8 || bytes.get(..8) != Some(&MAGIC[..]) {
+    let (profile, store) = parse_frame(bytes)?;
+    let card = Card::from_parts(profile, load_files, store);
+    let missing = card.missing_load_files();
+    if !missing.is_empty() {
+        return Err(ImageError::MissingLoadFiles(missing.join(", ")));
+    }
+    Ok(card)
+}
+
+fn parse_frame(bytes: &[u8]) -> Result<(CardProfile, Store), ImageError> {
+    if bytes.len() < MAGIC.len() {
+        // A non-empty prefix of the magic is an image cut short, not a foreign file.
+        return Err(if !bytes.is_empty() && MAGIC.starts_with(bytes) {
+            ImageError::Damaged("truncated")
+        } else {
+            ImageError::NotAnImage
+        });
+    }
+    if bytes.get(..MAGIC.len()) != Some(&MAGIC[..]) {
         return Err(ImageError::NotAnImage);
     }
     let mut at = 8;
@@ -113,34 +131,26 @@ pub fn from_bytes(bytes: &[u8], load_files: Vec<LoadFile>) -> Result<Card, Image
     if at != body.len() {
         return Err(ImageError::Damaged("trailing bytes"));
     }
-    let nvm_len = nvm.len();
-    let store = Store::from_log(nvm, profile.memory_quota);
-    if store.nvm().bytes().len() != nvm_len {
+    if !crate::store::replays_fully(&nvm) {
         return Err(ImageError::Damaged("memory log does not replay"));
     }
-    let card = Card::from_parts(profile, load_files, store);
-    let missing = card.missing_load_files();
-    if !missing.is_empty() {
-        return Err(ImageError::MissingLoadFiles(missing.join(", ")));
-    }
-    Ok(card)
+    let store = Store::from_log(nvm, profile.memory_quota);
+    Ok((profile, store))
 }
 
-/// Whether the file at `path` starts with the image magic.
-fn is_image_file(path: &Path) -> Result<bool, ImageError> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
-    let mut head = [0u8; 8];
-    let mut n = 0;
-    while n < 8 {
-        let r = f.read(head.get_mut(n..).unwrap_or(&mut [])).map_err(io(path))?;
-        if r == 0 {
-            break;
-        }
-        n += r;
-    }
-    Ok(n == 8 && &head == MAGIC)
+/// Check the frame of image bytes (magic, version, checksum, field lengths, memory log)
+/// without building a card. This is what `save` requires of a file it replaces.
+pub fn validate(bytes: &[u8]) -> Result<(), ImageError> {
+    parse_frame(bytes).map(|_| ())
 }
+
+/// Whether the file at `path` is an intact image that may be replaced.
+fn is_image_file(path: &Path) -> Result<bool, ImageError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    Ok(validate(&bytes).is_ok())
+}
+
+static SAVE_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Save crash-safely. `cut_after` (tests) stops writing the temporary file after that many
 /// bytes, as a crash would, and leaves the target untouched.
@@ -157,22 +167,34 @@ pub(crate) fn save(card: &Card, path: &Path, cut_after: Option<usize>) -> Result
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "card".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    {
+    // Unique per process and per save, so concurrent saves never share a temporary file.
+    let seq = SAVE_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp-{}-{seq}", std::process::id()));
+    if let Some(k) = cut_after {
+        // A crash after k bytes of the temporary file: the target is never touched.
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        match cut_after {
-            Some(k) => {
-                f.write_all(bytes.get(..k.min(bytes.len())).unwrap_or(&[])).map_err(io(&tmp))?;
-                return Err(ImageError::Io {
-                    path: tmp,
-                    source: std::io::Error::other("simulated crash while saving"),
-                });
-            }
-            None => f.write_all(&bytes).map_err(io(&tmp))?,
-        }
-        f.sync_all().map_err(io(&tmp))?;
+        f.write_all(bytes.get(..k.min(bytes.len())).unwrap_or(&[])).map_err(io(&tmp))?;
+        return Err(ImageError::Io {
+            path: tmp,
+            source: std::io::Error::other("simulated crash while saving"),
+        });
     }
-    std::fs::rename(&tmp, path).map_err(io(path))?;
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()
+    })();
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ImageError::Io { path: tmp, source });
+    }
+    if let Err(source) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
     if let Ok(d) = std::fs::File::open(&dir) {
         let _ = d.sync_all();
     }

@@ -76,8 +76,9 @@ impl Pin {
         read(ctx, id).ok().map(|r| r.tries)
     }
 
-    /// Verify a candidate. 9000 on success, 63Cx with the tries left on a wrong PIN,
-    /// 6983 when blocked, 6A88 when there is no such PIN.
+    /// Verify a candidate. 9000 on success, 63Cx with the tries left on a wrong PIN (63C0
+    /// when that was the last try), 6983 when already blocked, 6A88 when there is no such
+    /// PIN. The validated flag is cleared first, whatever the outcome.
     pub fn verify(ctx: &mut Context<'_>, id: u8, candidate: &[u8]) -> Result<(), Sw> {
         let mut r = read(ctx, id)?;
         ctx.set_pin_validated(id, false);
@@ -96,9 +97,8 @@ impl Pin {
             ctx.put_immediate(&key(id), &encode(&r))?;
             ctx.set_pin_validated(id, true);
             Ok(())
-        } else if r.tries == 0 {
-            Err(Sw::AUTH_METHOD_BLOCKED)
         } else {
+            // 63C0 on the try that uses the last one up; 6983 from then on.
             Err(Sw::verify_failed(r.tries))
         }
     }

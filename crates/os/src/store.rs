@@ -130,6 +130,11 @@ fn replay(log: &[u8]) -> (BTreeMap<Vec<u8>, Vec<u8>>, usize) {
     (map, at)
 }
 
+/// Whether every byte of `log` belongs to a valid batch (no torn or garbled tail).
+pub(crate) fn replays_fully(log: &[u8]) -> bool {
+    replay(log).1 == log.len()
+}
+
 type Op = (Vec<u8>, Option<Vec<u8>>);
 
 fn take<'a>(b: &'a [u8], at: &mut usize, n: usize) -> Option<&'a [u8]> {

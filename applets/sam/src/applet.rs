@@ -1,0 +1,990 @@
+//! The card side of the SAM (docs/applets/sam.md).
+//!
+//! Persistent records (this instance's namespace):
+//!
+//! | key | content |
+//! |---|---|
+//! | `cfg` | [`Config`]: SAM ID, role, ceilings, journal capacity, issuer SPKI (terminal) |
+//! | `val` | [`State`]: last SAM transaction number, current day and its running total |
+//! | `keys` | key table: n × (usage, number, version, master, key16) |
+//! | `rsa`, `spki` | issuer: RSA-2048 personalisation key (PKCS#8 DER) and its SPKI |
+//! | `kt` | terminal: transport key and nonce between INIT KEY IMPORT and IMPORT KEYS |
+//! | `J/` + seq (u32 BE) | journal entry ([`JRec`]) whose seq is the SAM transaction number |
+//! | `P/` + purse ID | issuer: a purse ID already personalised |
+//!
+//! An authorisation stages `val` (the new transaction number) and its PENDING journal
+//! entry in the same command: the OS commits them together or not at all.
+
+use crate::wire::{
+    self, BeginPurchase, CLA, Confirm, JournalAck, JournalBatch, JournalEntry, Resolve, SamData,
+    SamInstall, ins, role, status, sw,
+};
+use serde::{Deserialize, Serialize};
+use tessera_apdu::{Command, Sw};
+use tessera_crypto::kdf::an10922_aes128;
+use tessera_crypto::rng::CardRng;
+use tessera_crypto::rsa::{RsaPrivateKey, RsaPublicKey};
+use tessera_os::{Applet, Clear, Context, LoadFile, Pin};
+use tessera_purse::keyblob::{self, Key16, KeyBlobError};
+use tessera_purse::macs::{card_key, mac8, verify8};
+use tessera_purse::wire::{
+    self as pw, AuthorizeLoad, AuthorizePurchase, KeyBlob, KeyEntry, KeyTransportRequest,
+    LoadAuthorization, Mac, PurchaseAuthorization, PurseId, TxnStatusQuery, kind, usage,
+};
+use zeroize::{Zeroize, Zeroizing};
+
+/// Package AID of the SAM load file: the first 6 bytes of [`wire::SAM_AID`].
+pub const PACKAGE_AID: [u8; 6] = [0xF0, 0x54, 0x53, 0x52, 0x41, 0x03];
+/// Reference of the unlock PIN (VERIFY P2).
+pub const PIN_ID: u8 = 0x81;
+/// Tries of the unlock PIN before it blocks.
+pub const PIN_TRY_LIMIT: u8 = 5;
+/// Entries per EXPORT JOURNAL when P1 = 00.
+pub const DEFAULT_EXPORT: usize = 64;
+const SECONDS_PER_DAY: u32 = 86_400;
+
+const K_CFG: &[u8] = b"cfg";
+const K_STATE: &[u8] = b"val";
+const K_KEYS: &[u8] = b"keys";
+const K_RSA: &[u8] = b"rsa";
+const K_SPKI: &[u8] = b"spki";
+const K_KT: &[u8] = b"kt";
+const J_PREFIX: &[u8] = b"J/";
+const P_PREFIX: &[u8] = b"P/";
+const T_PURCHASE: &[u8] = b"purchase";
+
+/// The load file of the SAM applet (name "sam", not multi-selectable).
+pub fn load_file() -> LoadFile {
+    LoadFile {
+        name: "sam",
+        aid: PACKAGE_AID.to_vec(),
+        multi_selectable: false,
+        create: || Box::new(Sam),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Config {
+    sam_id: [u8; 4],
+    role: u8,
+    max_per_load: u32,
+    max_per_day: u32,
+    journal_capacity: u16,
+    /// Terminal: the issuer SAM's personalisation public key. Issuer: empty.
+    issuer_spki: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct State {
+    /// Last SAM transaction number used (only grows).
+    sam_txn: u32,
+    day: u32,
+    day_total: u32,
+}
+
+/// A journal entry as kept by the SAM: the exported [`JournalEntry`] plus what the SAM
+/// needs to check the card's proof later.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JRec {
+    seq: u32,
+    kind: u8,
+    status: u8,
+    purse_id: PurseId,
+    amount: u32,
+    counter: u32,
+    balance_after: u32,
+    terminal_id: [u8; 4],
+    terminal_time: u32,
+    proof: Mac,
+    /// Purchases: the SAM challenge of the session (covered by the debit proof).
+    sam_challenge: [u8; 8],
+    /// The day the amount was counted in (for the refund of a voided entry).
+    day: u32,
+}
+
+impl JRec {
+    fn entry(&self) -> JournalEntry {
+        JournalEntry {
+            seq: self.seq,
+            kind: self.kind,
+            status: self.status,
+            purse_id: self.purse_id,
+            amount: self.amount,
+            counter: self.counter,
+            balance_after: self.balance_after,
+            terminal_id: self.terminal_id,
+            terminal_time: self.terminal_time,
+            proof: self.proof,
+        }
+    }
+}
+
+struct SamKey {
+    entry: KeyEntry,
+    key: Key16,
+}
+
+/// The SAM applet. Its fields are empty: everything lives in the store or in transient
+/// memory.
+#[derive(Debug, Default)]
+pub struct Sam;
+
+fn p1p2(cmd: &Command, p1: u8, p2: u8) -> Result<(), Sw> {
+    if cmd.p1 != p1 || cmd.p2 != p2 {
+        return Err(Sw::INCORRECT_P1P2);
+    }
+    Ok(())
+}
+
+fn no_data(cmd: &Command) -> Result<(), Sw> {
+    if cmd.data.is_empty() {
+        Ok(())
+    } else {
+        Err(Sw::WRONG_LENGTH)
+    }
+}
+
+fn internal<E>(_: E) -> Sw {
+    Sw::UNKNOWN
+}
+
+fn config(ctx: &Context<'_>) -> Result<Config, Sw> {
+    ctx.load::<Config>(K_CFG)?.ok_or(Sw::UNKNOWN)
+}
+
+fn state(ctx: &Context<'_>) -> Result<State, Sw> {
+    ctx.load::<State>(K_STATE)?.ok_or(Sw::UNKNOWN)
+}
+
+fn read_keys(ctx: &Context<'_>) -> Result<Vec<SamKey>, Sw> {
+    let Some(raw) = ctx.get(K_KEYS) else {
+        return Ok(Vec::new());
+    };
+    let raw = Zeroizing::new(raw);
+    if raw.len() % 20 != 0 {
+        return Err(Sw::UNKNOWN);
+    }
+    let mut out = Vec::with_capacity(raw.len() / 20);
+    for c in raw.chunks_exact(20) {
+        let (&[usage, number, version, master], k) =
+            c.split_first_chunk::<4>().ok_or(Sw::UNKNOWN)?;
+        let mut key = Zeroizing::new([0u8; 16]);
+        key.copy_from_slice(k);
+        out.push(SamKey {
+            entry: KeyEntry {
+                usage,
+                number,
+                version,
+                master: master == 1,
+            },
+            key,
+        });
+    }
+    Ok(out)
+}
+
+fn write_keys(ctx: &mut Context<'_>, keys: &[SamKey]) -> Result<(), Sw> {
+    let mut raw = Zeroizing::new(Vec::with_capacity(keys.len() * 20));
+    for k in keys {
+        raw.extend_from_slice(&[
+            k.entry.usage,
+            k.entry.number,
+            k.entry.version,
+            u8::from(k.entry.master),
+        ]);
+        raw.extend_from_slice(&k.key[..]);
+    }
+    ctx.put(K_KEYS, &raw)
+}
+
+fn find(keys: &[SamKey], key_usage: u8, master: bool) -> Option<&SamKey> {
+    keys.iter()
+        .find(|k| k.entry.usage == key_usage && k.entry.master == master)
+}
+
+fn master(keys: &[SamKey], key_usage: u8) -> Result<&SamKey, Sw> {
+    find(keys, key_usage, true).ok_or(sw::KEY_NOT_HELD)
+}
+
+/// The card key of `purse` for a journal entry's kind (load key from M_load, debit key
+/// from M_debit).
+fn entry_key(keys: &[SamKey], entry_kind: u8, purse: &PurseId) -> Result<Key16, Sw> {
+    let u = match entry_kind {
+        kind::LOAD => usage::LOAD,
+        kind::PURCHASE => usage::DEBIT,
+        _ => return Err(Sw::UNKNOWN),
+    };
+    card_key(&master(keys, u)?.key, purse, u).map_err(internal)
+}
+
+/// This SAM's own journal key: derived from M_journal (issuer) or imported (terminal).
+fn own_journal_key(keys: &[SamKey], cfg: &Config) -> Result<Key16, Sw> {
+    if let Some(m) = find(keys, usage::JOURNAL, true) {
+        return derive_journal_key(&m.key, &cfg.sam_id);
+    }
+    let k = find(keys, usage::JOURNAL, false).ok_or(sw::KEY_NOT_HELD)?;
+    Ok(Zeroizing::new(*k.key))
+}
+
+fn derive_journal_key(m_journal: &[u8; 16], sam_id: &[u8; 4]) -> Result<Key16, Sw> {
+    Ok(Zeroizing::new(
+        an10922_aes128(m_journal, &wire::journal_div_input(sam_id)).map_err(internal)?,
+    ))
+}
+
+fn j_key(seq: u32) -> Vec<u8> {
+    let mut k = J_PREFIX.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn p_key(purse: &PurseId) -> Vec<u8> {
+    let mut k = P_PREFIX.to_vec();
+    k.extend_from_slice(purse);
+    k
+}
+
+fn journal_get(ctx: &Context<'_>, seq: u32) -> Result<Option<JRec>, Sw> {
+    ctx.load::<JRec>(&j_key(seq))
+}
+
+/// Every journal entry, oldest first.
+fn journal_all(ctx: &Context<'_>) -> Result<Vec<JRec>, Sw> {
+    let mut out = Vec::new();
+    for k in ctx.keys_with_prefix(J_PREFIX) {
+        if let Some(r) = ctx.load::<JRec>(&k)? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+fn random<const N: usize>(ctx: &mut Context<'_>) -> [u8; N] {
+    let mut b = [0u8; N];
+    ctx.random(&mut b);
+    b
+}
+
+fn rng_from(ctx: &mut Context<'_>) -> CardRng {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    ctx.random(&mut seed[..]);
+    CardRng::from_seed(*seed)
+}
+
+fn require_unlocked(ctx: &Context<'_>) -> Result<(), Sw> {
+    if Pin::is_validated(ctx, PIN_ID) {
+        Ok(())
+    } else {
+        Err(Sw::SECURITY_STATUS_NOT_SATISFIED)
+    }
+}
+
+fn rsa_key(ctx: &Context<'_>) -> Result<RsaPrivateKey, Sw> {
+    let der = Zeroizing::new(ctx.get(K_RSA).ok_or(sw::KEY_NOT_HELD)?);
+    RsaPrivateKey::from_pkcs8_der(&der).map_err(internal)
+}
+
+/// Decrypt a chip's key-transport request (OAEP-SHA256) with the personalisation key.
+fn open_request(ctx: &Context<'_>, ct: &[u8]) -> Result<KeyTransportRequest, Sw> {
+    let key = rsa_key(ctx)?;
+    let plain = key.decrypt_oaep_sha256(ct).map_err(|_| Sw::WRONG_DATA)?;
+    KeyTransportRequest::decode(&plain).map_err(|_| Sw::WRONG_DATA)
+}
+
+fn seal(
+    req: &mut KeyTransportRequest,
+    entries: Vec<KeyEntry>,
+    keys: &[Key16],
+) -> Result<Vec<u8>, Sw> {
+    let kt = Zeroizing::new(req.transport_key);
+    req.transport_key.zeroize();
+    let blob = keyblob::seal(&kt, req.nonce, entries, keys).map_err(internal)?;
+    Ok(blob.encode())
+}
+
+/// Apply the ceilings to a new authorisation of `amount` at `terminal_time`; returns the
+/// state with the day total updated. The day never goes back: a time earlier than the
+/// current day counts in the current day.
+fn ceilings(cfg: &Config, st: &State, amount: u32, terminal_time: u32) -> Result<State, Sw> {
+    if cfg.max_per_load != 0 && amount > cfg.max_per_load {
+        return Err(sw::CEILING_EXCEEDED);
+    }
+    let today = terminal_time / SECONDS_PER_DAY;
+    let (day, total) = if today > st.day {
+        (today, 0)
+    } else {
+        (st.day, st.day_total)
+    };
+    let new_total = total.checked_add(amount);
+    let day_total = match new_total {
+        Some(t) if cfg.max_per_day == 0 || t <= cfg.max_per_day => t,
+        _ if cfg.max_per_day == 0 => u32::MAX,
+        _ => return Err(sw::CEILING_EXCEEDED),
+    };
+    Ok(State {
+        sam_txn: st.sam_txn,
+        day,
+        day_total,
+    })
+}
+
+fn check_journal_space(ctx: &Context<'_>, cfg: &Config) -> Result<(), Sw> {
+    if ctx.keys_with_prefix(J_PREFIX).len() >= usize::from(cfg.journal_capacity) {
+        return Err(sw::JOURNAL_FULL);
+    }
+    Ok(())
+}
+
+impl Sam {
+    fn install_sam(ctx: &mut Context<'_>, params: &[u8]) -> Result<(), Sw> {
+        let p = SamInstall::decode(params).map_err(|e| e.sw())?;
+        if p.pin.is_empty() {
+            return Err(Sw::WRONG_DATA);
+        }
+        Pin::create(ctx, PIN_ID, PIN_TRY_LIMIT, &p.pin)?;
+        let issuer_spki = match p.role {
+            role::ISSUER => {
+                let mut keys = Vec::new();
+                for u in [usage::LOAD, usage::DEBIT, usage::JOURNAL] {
+                    let mut key = Zeroizing::new([0u8; 16]);
+                    ctx.random(&mut key[..]);
+                    keys.push(SamKey {
+                        entry: KeyEntry {
+                            usage: u,
+                            number: 1,
+                            version: 1,
+                            master: true,
+                        },
+                        key,
+                    });
+                }
+                write_keys(ctx, &keys)?;
+                let mut rng = rng_from(ctx);
+                let rsa = RsaPrivateKey::generate(2048, &mut rng).map_err(internal)?;
+                let der = rsa.to_pkcs8_der().map_err(internal)?;
+                let spki = rsa.public_key().to_spki_der().map_err(internal)?;
+                ctx.put(K_RSA, &der)?;
+                ctx.put(K_SPKI, &spki)?;
+                Vec::new()
+            }
+            _ => {
+                RsaPublicKey::from_spki_der(&p.issuer_perso_spki).map_err(|_| Sw::WRONG_DATA)?;
+                p.issuer_perso_spki
+            }
+        };
+        let cfg = Config {
+            sam_id: p.sam_id,
+            role: p.role,
+            max_per_load: p.max_per_load,
+            max_per_day: p.max_per_day,
+            journal_capacity: p.journal_capacity,
+            issuer_spki,
+        };
+        ctx.save(K_CFG, &cfg)?;
+        ctx.save(K_STATE, &State::default())
+    }
+
+    fn verify(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0x00, PIN_ID)?;
+        if cmd.data.is_empty() {
+            if Pin::is_validated(ctx, PIN_ID) {
+                return Ok(Vec::new());
+            }
+            return match Pin::tries_remaining(ctx, PIN_ID) {
+                Some(0) => Err(Sw::AUTH_METHOD_BLOCKED),
+                Some(n) => Err(Sw::verify_failed(n)),
+                None => Err(Sw::REFERENCED_DATA_NOT_FOUND),
+            };
+        }
+        Pin::verify(ctx, PIN_ID, &cmd.data).map(|_| Vec::new())
+    }
+
+    fn get_sam_data(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        no_data(cmd)?;
+        let cfg = config(ctx)?;
+        let st = state(ctx)?;
+        let journal = journal_all(ctx)?;
+        let pending = journal
+            .iter()
+            .filter(|r| r.status == status::PENDING)
+            .count();
+        let keys = read_keys(ctx)?;
+        Ok(SamData {
+            sam_id: cfg.sam_id,
+            role: cfg.role,
+            unlocked: Pin::is_validated(ctx, PIN_ID),
+            sam_txn: st.sam_txn,
+            journal_count: u16::try_from(journal.len()).unwrap_or(u16::MAX),
+            pending_count: u16::try_from(pending).unwrap_or(u16::MAX),
+            journal_capacity: cfg.journal_capacity,
+            max_per_load: cfg.max_per_load,
+            max_per_day: cfg.max_per_day,
+            day: st.day,
+            day_total: st.day_total,
+            keys: keys.iter().map(|k| k.entry.clone()).collect(),
+        }
+        .encode())
+    }
+
+    fn get_perso_public_key(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        no_data(cmd)?;
+        ctx.get(K_SPKI).ok_or(sw::KEY_NOT_HELD)
+    }
+
+    fn init_key_import(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        no_data(cmd)?;
+        let cfg = config(ctx)?;
+        if cfg.role != role::TERMINAL || !read_keys(ctx)?.is_empty() {
+            return Err(Sw::CONDITIONS_NOT_SATISFIED);
+        }
+        let issuer = RsaPublicKey::from_spki_der(&cfg.issuer_spki).map_err(internal)?;
+        let kt_nonce = Zeroizing::new(random::<24>(ctx));
+        let mut req = KeyTransportRequest {
+            transport_key: [0u8; 16],
+            nonce: [0u8; 8],
+            subject_id: cfg.sam_id.to_vec(),
+        };
+        req.transport_key.copy_from_slice(&kt_nonce[..16]);
+        req.nonce.copy_from_slice(&kt_nonce[16..]);
+        let plain = Zeroizing::new(req.encode());
+        req.transport_key.zeroize();
+        let mut rng = rng_from(ctx);
+        let ct = issuer
+            .encrypt_oaep_sha256(&plain, &mut rng)
+            .map_err(internal)?;
+        ctx.put(K_KT, &kt_nonce[..])?;
+        Ok(ct)
+    }
+
+    fn import_keys(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        let cfg = config(ctx)?;
+        if cfg.role != role::TERMINAL || !read_keys(ctx)?.is_empty() {
+            return Err(Sw::CONDITIONS_NOT_SATISFIED);
+        }
+        let stored = Zeroizing::new(ctx.get(K_KT).ok_or(Sw::CONDITIONS_NOT_SATISFIED)?);
+        let blob = KeyBlob::decode(&cmd.data).map_err(|e| e.sw())?;
+        let (Some(k), Some(n)) = (stored.get(..16), stored.get(16..24)) else {
+            return Err(Sw::UNKNOWN);
+        };
+        let mut kt = Zeroizing::new([0u8; 16]);
+        kt.copy_from_slice(k);
+        let mut nonce = [0u8; 8];
+        nonce.copy_from_slice(n);
+        let keys = keyblob::open(&kt, &nonce, &blob).map_err(|e| match e {
+            KeyBlobError::Mac | KeyBlobError::Nonce => Sw::SM_OBJECTS_INCORRECT,
+            KeyBlobError::Format => Sw::WRONG_DATA,
+            KeyBlobError::Crypto => Sw::UNKNOWN,
+        })?;
+        // A terminal SAM takes exactly the debit master key and its own journal key.
+        let mut table = Vec::new();
+        for (e, k) in blob.entries.iter().zip(keys.iter()) {
+            let wanted = matches!(
+                (e.usage, e.master),
+                (usage::DEBIT, true) | (usage::JOURNAL, false)
+            );
+            if !wanted || find(&table, e.usage, e.master).is_some() {
+                return Err(Sw::WRONG_DATA);
+            }
+            table.push(SamKey {
+                entry: e.clone(),
+                key: Zeroizing::new(**k),
+            });
+        }
+        if table.len() != 2 {
+            return Err(Sw::WRONG_DATA);
+        }
+        write_keys(ctx, &table)?;
+        ctx.delete(K_KT);
+        Ok(Vec::new())
+    }
+
+    fn export_sam_keys(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        let cfg = config(ctx)?;
+        let keys = read_keys(ctx)?;
+        let m_debit = master(&keys, usage::DEBIT)?;
+        let m_journal = master(&keys, usage::JOURNAL)?;
+        let Some((&target_role, ct)) = cmd.data.split_first() else {
+            return Err(Sw::WRONG_LENGTH);
+        };
+        if target_role != role::TERMINAL {
+            return Err(Sw::WRONG_DATA);
+        }
+        let mut req = open_request(ctx, ct)?;
+        let Ok(target) = <[u8; 4]>::try_from(req.subject_id.as_slice()) else {
+            req.transport_key.zeroize();
+            return Err(Sw::WRONG_DATA);
+        };
+        if target == cfg.sam_id {
+            req.transport_key.zeroize();
+            return Err(Sw::WRONG_DATA);
+        }
+        let k_journal = derive_journal_key(&m_journal.key, &target)?;
+        let entries = vec![
+            m_debit.entry.clone(),
+            KeyEntry {
+                usage: usage::JOURNAL,
+                number: m_journal.entry.number,
+                version: m_journal.entry.version,
+                master: false,
+            },
+        ];
+        seal(
+            &mut req,
+            entries,
+            &[Zeroizing::new(*m_debit.key), k_journal],
+        )
+    }
+
+    fn personalise_purse(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        let keys = read_keys(ctx)?;
+        let m_load = master(&keys, usage::LOAD)?;
+        let m_debit = master(&keys, usage::DEBIT)?;
+        if cmd.data.is_empty() {
+            return Err(Sw::WRONG_LENGTH);
+        }
+        let mut req = open_request(ctx, &cmd.data)?;
+        let Ok(purse) = <PurseId>::try_from(req.subject_id.as_slice()) else {
+            req.transport_key.zeroize();
+            return Err(Sw::WRONG_DATA);
+        };
+        if ctx.get(&p_key(&purse)).is_some() {
+            req.transport_key.zeroize();
+            return Err(sw::ALREADY_PERSONALISED);
+        }
+        let k_load = card_key(&m_load.key, &purse, usage::LOAD).map_err(internal)?;
+        let k_debit = card_key(&m_debit.key, &purse, usage::DEBIT).map_err(internal)?;
+        let entries = vec![
+            KeyEntry {
+                usage: usage::LOAD,
+                number: usage::LOAD,
+                version: m_load.entry.version,
+                master: false,
+            },
+            KeyEntry {
+                usage: usage::DEBIT,
+                number: usage::DEBIT,
+                version: m_debit.entry.version,
+                master: false,
+            },
+        ];
+        let out = seal(&mut req, entries, &[k_load, k_debit])?;
+        ctx.put(&p_key(&purse), &[1])?;
+        Ok(out)
+    }
+
+    /// Common tail of AUTHORIZE LOAD / PURCHASE: ceilings, journal space, next
+    /// transaction number, PENDING entry. Returns the transaction number.
+    fn new_entry(ctx: &mut Context<'_>, mut rec: JRec) -> Result<u32, Sw> {
+        let cfg = config(ctx)?;
+        let st = state(ctx)?;
+        let mut next = ceilings(&cfg, &st, rec.amount, rec.terminal_time)?;
+        check_journal_space(ctx, &cfg)?;
+        let seq = st
+            .sam_txn
+            .checked_add(1)
+            .ok_or(Sw::CONDITIONS_NOT_SATISFIED)?;
+        next.sam_txn = seq;
+        rec.seq = seq;
+        rec.day = next.day;
+        ctx.save(&j_key(seq), &rec)?;
+        ctx.save(K_STATE, &next)?;
+        Ok(seq)
+    }
+
+    fn authorize_load(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        let req = AuthorizeLoad::decode(&cmd.data).map_err(|e| e.sw())?;
+        let keys = read_keys(ctx)?;
+        let m_load = master(&keys, usage::LOAD)?;
+        if req.key_version != m_load.entry.version {
+            return Err(sw::KEY_NOT_HELD);
+        }
+        if req.amount == 0 {
+            return Err(Sw::WRONG_DATA);
+        }
+        let cfg = config(ctx)?;
+        let seq = Sam::new_entry(
+            ctx,
+            JRec {
+                seq: 0,
+                kind: kind::LOAD,
+                status: status::PENDING,
+                purse_id: req.purse_id,
+                amount: req.amount,
+                counter: req.counter,
+                balance_after: 0,
+                terminal_id: [0; 4],
+                terminal_time: req.terminal_time,
+                proof: [0; 8],
+                sam_challenge: [0; 8],
+                day: 0,
+            },
+        )?;
+        let k = card_key(&m_load.key, &req.purse_id, usage::LOAD).map_err(internal)?;
+        let mac = mac8(
+            &k,
+            &pw::load_auth_mac_input(
+                &req.purse_id,
+                req.counter,
+                &req.challenge,
+                req.currency,
+                req.amount,
+                &cfg.sam_id,
+                seq,
+                req.terminal_time,
+            ),
+        )
+        .map_err(internal)?;
+        Ok(LoadAuthorization {
+            sam_id: cfg.sam_id,
+            sam_txn: seq,
+            mac,
+        }
+        .encode())
+    }
+
+    fn begin_purchase(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        no_data(cmd)?;
+        let keys = read_keys(ctx)?;
+        master(&keys, usage::DEBIT)?;
+        let cfg = config(ctx)?;
+        let sam_challenge = random::<8>(ctx);
+        ctx.transient(Clear::OnDeselect)
+            .insert(T_PURCHASE.to_vec(), sam_challenge.to_vec());
+        Ok(BeginPurchase {
+            sam_id: cfg.sam_id,
+            sam_challenge,
+        }
+        .encode())
+    }
+
+    fn authorize_purchase(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        // One attempt per BEGIN PURCHASE, whatever its outcome.
+        let session = ctx.transient(Clear::OnDeselect).remove(T_PURCHASE);
+        p1p2(cmd, 0, 0)?;
+        let req = AuthorizePurchase::decode(&cmd.data).map_err(|e| e.sw())?;
+        let keys = read_keys(ctx)?;
+        let m_debit = master(&keys, usage::DEBIT)?;
+        let sam_challenge: [u8; 8] = session
+            .and_then(|s| <[u8; 8]>::try_from(s.as_slice()).ok())
+            .ok_or(sw::NO_SESSION)?;
+        if req.key_version != m_debit.entry.version {
+            return Err(sw::KEY_NOT_HELD);
+        }
+        let k = card_key(&m_debit.key, &req.purse_id, usage::DEBIT).map_err(internal)?;
+        let auth_input = pw::card_auth_mac_input(
+            &req.purse_id,
+            req.currency,
+            req.balance,
+            req.counter,
+            &req.card_challenge,
+            &sam_challenge,
+        );
+        if !verify8(&k, &auth_input, &req.card_auth).map_err(internal)? {
+            return Err(sw::CARD_PROOF_INVALID);
+        }
+        if req.amount == 0 {
+            return Err(Sw::WRONG_DATA);
+        }
+        let cfg = config(ctx)?;
+        let seq = Sam::new_entry(
+            ctx,
+            JRec {
+                seq: 0,
+                kind: kind::PURCHASE,
+                status: status::PENDING,
+                purse_id: req.purse_id,
+                amount: req.amount,
+                counter: req.counter,
+                balance_after: 0,
+                terminal_id: req.terminal_id,
+                terminal_time: req.terminal_time,
+                proof: [0; 8],
+                sam_challenge,
+                day: 0,
+            },
+        )?;
+        let mac = mac8(
+            &k,
+            &pw::debit_auth_mac_input(
+                &req.purse_id,
+                req.counter,
+                &req.card_challenge,
+                &sam_challenge,
+                req.currency,
+                req.amount,
+                &req.terminal_id,
+                &cfg.sam_id,
+                seq,
+                req.terminal_time,
+            ),
+        )
+        .map_err(internal)?;
+        Ok(PurchaseAuthorization { sam_txn: seq, mac }.encode())
+    }
+
+    /// Whether `proof` is the card's proof of entry `rec` with `balance_after`.
+    fn proof_ok(
+        keys: &[SamKey],
+        cfg: &Config,
+        rec: &JRec,
+        balance_after: u32,
+        proof: &Mac,
+    ) -> Result<bool, Sw> {
+        let k = entry_key(keys, rec.kind, &rec.purse_id)?;
+        let input = match rec.kind {
+            kind::LOAD => pw::load_receipt_mac_input(
+                &rec.purse_id,
+                rec.counter,
+                rec.amount,
+                balance_after,
+                &cfg.sam_id,
+                rec.seq,
+            ),
+            _ => pw::debit_proof_mac_input(
+                &rec.purse_id,
+                rec.counter,
+                rec.amount,
+                balance_after,
+                &rec.terminal_id,
+                &cfg.sam_id,
+                rec.seq,
+                &rec.sam_challenge,
+            ),
+        };
+        verify8(&k, &input, proof).map_err(internal)
+    }
+
+    /// Mark an entry CONFIRMED with the card's proof; idempotent for the same proof.
+    fn settle_confirmed(
+        ctx: &mut Context<'_>,
+        mut rec: JRec,
+        balance_after: u32,
+        proof: Mac,
+    ) -> Result<(), Sw> {
+        match rec.status {
+            status::PENDING => {
+                rec.status = status::CONFIRMED;
+                rec.balance_after = balance_after;
+                rec.proof = proof;
+                ctx.save(&j_key(rec.seq), &rec)
+            }
+            status::CONFIRMED => {
+                if tessera_crypto::ct_eq(&rec.proof, &proof) && rec.balance_after == balance_after {
+                    Ok(())
+                } else {
+                    Err(sw::CARD_PROOF_INVALID)
+                }
+            }
+            // A voided entry cannot become confirmed.
+            _ => Err(Sw::CONDITIONS_NOT_SATISFIED),
+        }
+    }
+
+    fn confirm(ctx: &mut Context<'_>, cmd: &Command, entry_kind: u8) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        let c = Confirm::decode(&cmd.data).map_err(|e| e.sw())?;
+        let rec = journal_get(ctx, c.sam_txn)?
+            .filter(|r| r.kind == entry_kind && r.purse_id == c.purse_id)
+            .ok_or(sw::NO_SUCH_TXN)?;
+        if rec.status == status::VOID {
+            return Err(Sw::CONDITIONS_NOT_SATISFIED);
+        }
+        if c.amount != rec.amount || c.counter != rec.counter {
+            return Err(sw::CARD_PROOF_INVALID);
+        }
+        let keys = read_keys(ctx)?;
+        let cfg = config(ctx)?;
+        if !Sam::proof_ok(&keys, &cfg, &rec, c.balance_after, &c.proof)? {
+            return Err(sw::CARD_PROOF_INVALID);
+        }
+        Sam::settle_confirmed(ctx, rec, c.balance_after, c.proof)?;
+        Ok(Vec::new())
+    }
+
+    fn resolve(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        let r = Resolve::decode(&cmd.data).map_err(|e| e.sw())?;
+        let rec = journal_get(ctx, r.sam_txn)?
+            .filter(|e| e.purse_id == r.purse_id)
+            .ok_or(sw::NO_SUCH_TXN)?;
+        let expected_usage = if rec.kind == kind::LOAD {
+            usage::LOAD
+        } else {
+            usage::DEBIT
+        };
+        if r.key_usage != expected_usage {
+            return Err(Sw::WRONG_DATA);
+        }
+        let keys = read_keys(ctx)?;
+        let cfg = config(ctx)?;
+        let k = entry_key(&keys, rec.kind, &rec.purse_id)?;
+        let q = TxnStatusQuery {
+            sam_id: cfg.sam_id,
+            sam_txn: rec.seq,
+        };
+        let st_input =
+            pw::txn_status_mac_input(&rec.purse_id, &q, r.status.applied, &r.status.record);
+        if !verify8(&k, &st_input, &r.status.mac).map_err(internal)? {
+            return Err(sw::CARD_PROOF_INVALID);
+        }
+        let card = &r.status.record;
+        if r.status.applied {
+            let matches = card.kind == rec.kind
+                && card.amount == rec.amount
+                && card.counter == rec.counter
+                && card.sam_id == cfg.sam_id
+                && card.sam_txn == rec.seq
+                && (rec.kind == kind::LOAD || card.terminal_id == rec.terminal_id);
+            if !matches || !Sam::proof_ok(&keys, &cfg, &rec, card.balance_after, &card.proof)? {
+                return Err(sw::CARD_PROOF_INVALID);
+            }
+            Sam::settle_confirmed(ctx, rec, card.balance_after, card.proof)?;
+            return Ok(vec![status::CONFIRMED]);
+        }
+        match rec.status {
+            status::VOID => Ok(vec![status::VOID]),
+            status::PENDING => {
+                // "Not applied" is certain only while the purse's log must still hold the
+                // record of counter `rec.counter` had it been ours: the purse has not moved
+                // (counter <= c) or moved by one (the newest record is the one at c).
+                if card.counter > rec.counter.saturating_add(1) {
+                    return Err(Sw::CONDITIONS_NOT_SATISFIED);
+                }
+                let mut st = state(ctx)?;
+                if rec.day == st.day {
+                    st.day_total = st.day_total.saturating_sub(rec.amount);
+                    ctx.save(K_STATE, &st)?;
+                }
+                let mut rec = rec;
+                rec.status = status::VOID;
+                ctx.save(&j_key(rec.seq), &rec)?;
+                Ok(vec![status::VOID])
+            }
+            // The purse says "not applied" for an entry it proved applied: refuse.
+            _ => Err(Sw::CONDITIONS_NOT_SATISFIED),
+        }
+    }
+
+    fn export_journal(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        if cmd.p2 != 0 {
+            return Err(Sw::INCORRECT_P1P2);
+        }
+        no_data(cmd)?;
+        let max = if cmd.p1 == 0 {
+            DEFAULT_EXPORT
+        } else {
+            usize::from(cmd.p1)
+        };
+        let cfg = config(ctx)?;
+        let keys = read_keys(ctx)?;
+        let k = own_journal_key(&keys, &cfg)?;
+        let mut entries = Vec::new();
+        for key in ctx.keys_with_prefix(J_PREFIX).into_iter().take(max) {
+            if let Some(r) = ctx.load::<JRec>(&key)? {
+                entries.push(r.entry());
+            }
+        }
+        let mut batch = JournalBatch {
+            sam_id: cfg.sam_id,
+            entries,
+            mac: [0; 8],
+        };
+        batch.mac = mac8(&k, &wire::journal_batch_mac_input(&batch)).map_err(internal)?;
+        Ok(batch.encode())
+    }
+
+    fn ack_journal(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        let ack = JournalAck::decode(&cmd.data).map_err(|e| e.sw())?;
+        let cfg = config(ctx)?;
+        if ack.sam_id != cfg.sam_id {
+            return Err(Sw::WRONG_DATA);
+        }
+        let keys = read_keys(ctx)?;
+        let k = own_journal_key(&keys, &cfg)?;
+        if !verify8(
+            &k,
+            &wire::journal_ack_mac_input(&ack.sam_id, ack.last_seq),
+            &ack.mac,
+        )
+        .map_err(internal)?
+        {
+            return Err(Sw::SM_OBJECTS_INCORRECT);
+        }
+        for rec in journal_all(ctx)? {
+            if rec.seq <= ack.last_seq && rec.status != status::PENDING {
+                ctx.delete(&j_key(rec.seq));
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn verify_journal(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        let keys = read_keys(ctx)?;
+        let m_journal = master(&keys, usage::JOURNAL)?;
+        let batch = JournalBatch::decode(&cmd.data).map_err(|e| e.sw())?;
+        let k = derive_journal_key(&m_journal.key, &batch.sam_id)?;
+        if !verify8(&k, &wire::journal_batch_mac_input(&batch), &batch.mac).map_err(internal)? {
+            return Err(Sw::SM_OBJECTS_INCORRECT);
+        }
+        let last_seq = batch.last_seq();
+        let mac =
+            mac8(&k, &wire::journal_ack_mac_input(&batch.sam_id, last_seq)).map_err(internal)?;
+        Ok(JournalAck {
+            sam_id: batch.sam_id,
+            last_seq,
+            mac,
+        }
+        .encode())
+    }
+}
+
+impl Applet for Sam {
+    fn install(&mut self, ctx: &mut Context<'_>, params: &[u8]) -> Result<(), Sw> {
+        Sam::install_sam(ctx, params)
+    }
+
+    fn process(&mut self, ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        let cla = cmd.class()?.on_basic_channel();
+        if cmd.ins == ins::VERIFY {
+            if cla != 0x00 && cla != CLA {
+                return Err(Sw::CLA_NOT_SUPPORTED);
+            }
+            return Sam::verify(ctx, cmd);
+        }
+        if cla != CLA {
+            return Err(Sw::CLA_NOT_SUPPORTED);
+        }
+        if cmd.ins == ins::GET_SAM_DATA {
+            return Sam::get_sam_data(ctx, cmd);
+        }
+        let handler: fn(&mut Context<'_>, &Command) -> Result<Vec<u8>, Sw> = match cmd.ins {
+            ins::GET_PERSO_PUBLIC_KEY => Sam::get_perso_public_key,
+            ins::INIT_KEY_IMPORT => Sam::init_key_import,
+            ins::IMPORT_KEYS => Sam::import_keys,
+            ins::EXPORT_SAM_KEYS => Sam::export_sam_keys,
+            ins::PERSONALISE_PURSE => Sam::personalise_purse,
+            ins::AUTHORIZE_LOAD => Sam::authorize_load,
+            ins::CONFIRM_LOAD => |ctx, cmd| Sam::confirm(ctx, cmd, kind::LOAD),
+            ins::BEGIN_PURCHASE => Sam::begin_purchase,
+            ins::AUTHORIZE_PURCHASE => Sam::authorize_purchase,
+            ins::CONFIRM_PURCHASE => |ctx, cmd| Sam::confirm(ctx, cmd, kind::PURCHASE),
+            ins::RESOLVE => Sam::resolve,
+            ins::EXPORT_JOURNAL => Sam::export_journal,
+            ins::ACK_JOURNAL => Sam::ack_journal,
+            ins::VERIFY_JOURNAL => Sam::verify_journal,
+            _ => return Err(Sw::INS_NOT_SUPPORTED),
+        };
+        require_unlocked(ctx)?;
+        handler(ctx, cmd)
+    }
+}

@@ -1,0 +1,567 @@
+//! SAM applet: lock, roles, key import, ceilings, journal and settlement, through APDUs.
+
+#[path = "../../purse/tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use tessera_apdu::Sw;
+use tessera_os::{CardError, TearPlan};
+use tessera_purse::wire as pw;
+use tessera_sam::wire::{self as w, ins, status, sw};
+
+#[test]
+fn locked_sam_refuses_everything_but_verify_and_data() {
+    let mut sam = issuer();
+    sam.card.reset();
+    sam.select();
+    let d = sam_data(&mut sam);
+    assert!(!d.unlocked);
+    assert_eq!(d.role, w::role::ISSUER);
+    assert_eq!(d.keys.len(), 3);
+    assert!(d.keys.iter().all(|k| k.master && k.version == 1));
+    for i in [
+        ins::GET_PERSO_PUBLIC_KEY,
+        ins::PERSONALISE_PURSE,
+        ins::EXPORT_SAM_KEYS,
+        ins::AUTHORIZE_LOAD,
+        ins::CONFIRM_LOAD,
+        ins::BEGIN_PURCHASE,
+        ins::RESOLVE,
+        ins::EXPORT_JOURNAL,
+        ins::ACK_JOURNAL,
+        ins::VERIFY_JOURNAL,
+    ] {
+        assert_eq!(
+            sam.sw(i, 0, 0, &[]),
+            Sw::SECURITY_STATUS_NOT_SATISFIED,
+            "INS {i:02X}"
+        );
+    }
+    assert_eq!(
+        sam.send(0x00, ins::VERIFY, 0, 0x81, b"9999").sw,
+        Sw::verify_failed(4)
+    );
+    assert_eq!(
+        sam.send(0x00, ins::VERIFY, 0, 0x81, &[]).sw,
+        Sw::verify_failed(4)
+    );
+    unlock(&mut sam);
+    assert!(sam_data(&mut sam).unlocked);
+    assert_eq!(sam.send(0x00, ins::VERIFY, 0, 0x81, &[]).sw, Sw::OK);
+    assert_eq!(sam.sw(0x7E, 0, 0, &[]), Sw::INS_NOT_SUPPORTED);
+    assert_eq!(
+        sam.send(0x00, ins::GET_SAM_DATA, 0, 0, &[]).sw,
+        Sw::CLA_NOT_SUPPORTED
+    );
+    // Deselecting locks it again.
+    sam.select();
+    assert_eq!(
+        sam.sw(ins::BEGIN_PURCHASE, 0, 0, &[]),
+        Sw::SECURITY_STATUS_NOT_SATISFIED
+    );
+}
+
+#[test]
+fn terminal_sam_personalisation_and_role() {
+    let mut iss = issuer();
+    let mut t = terminal(&mut iss, TerminalOpts::default());
+    let d = sam_data(&mut t);
+    assert_eq!(d.role, w::role::TERMINAL);
+    let mut keys: Vec<(u8, bool)> = d.keys.iter().map(|k| (k.usage, k.master)).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![(pw::usage::DEBIT, true), (pw::usage::JOURNAL, false)]
+    );
+    // Keys imported once only.
+    assert_eq!(
+        t.sw(ins::INIT_KEY_IMPORT, 0, 0, &[]),
+        Sw::CONDITIONS_NOT_SATISFIED
+    );
+    // A terminal has no load key and no personalisation key.
+    let mut p = purse(&mut iss, &PurseOpts::default());
+    let init = pw::InitLoadResponse::decode(&p.ok(pw::ins::INIT_LOAD, 0, 0, &[])).unwrap();
+    let req = pw::AuthorizeLoad {
+        purse_id: init.purse_id,
+        currency: init.currency,
+        counter: init.counter,
+        challenge: init.challenge,
+        key_version: init.key_version,
+        amount: 10,
+        terminal_time: T0,
+    };
+    assert_eq!(
+        t.sw(ins::AUTHORIZE_LOAD, 0, 0, &req.encode()),
+        sw::KEY_NOT_HELD
+    );
+    assert_eq!(t.sw(ins::GET_PERSO_PUBLIC_KEY, 0, 0, &[]), sw::KEY_NOT_HELD);
+    assert_eq!(
+        t.sw(ins::PERSONALISE_PURSE, 0, 0, &[0; 256]),
+        sw::KEY_NOT_HELD
+    );
+    assert_eq!(
+        t.sw(ins::EXPORT_SAM_KEYS, 0, 0, &[2; 257]),
+        sw::KEY_NOT_HELD
+    );
+    assert_eq!(t.sw(ins::VERIFY_JOURNAL, 0, 0, &[0; 14]), sw::KEY_NOT_HELD);
+    // It does purchases.
+    load(&mut iss, &mut p, 1_000);
+    assert_eq!(
+        purchase(&mut t, &mut p, 400, None).unwrap().balance_after,
+        600
+    );
+}
+
+#[test]
+fn terminal_key_import_refuses_a_tampered_blob_and_unknown_roles() {
+    let mut iss = issuer();
+    let spki = iss.ok(ins::GET_PERSO_PUBLIC_KEY, 0, 0, &[]);
+    let mut card = tessera_os::Card::builder()
+        .card_id(vec![1, 2, 3, 4])
+        .seed([3; 32])
+        .load_file(tessera_sam::load_file())
+        .build();
+    let params = w::SamInstall {
+        sam_id: [0, 0, 0, 0x20],
+        role: w::role::TERMINAL,
+        pin: SAM_PIN.to_vec(),
+        max_per_load: 0,
+        max_per_day: 0,
+        journal_capacity: 10,
+        issuer_perso_spki: spki,
+    };
+    card.install("sam", &w::SAM_AID, Default::default(), &params.encode())
+        .unwrap();
+    let mut t = Chip {
+        card,
+        aid: w::SAM_AID.to_vec(),
+    };
+    t.card.power_on();
+    t.select();
+    unlock(&mut t);
+    assert_eq!(
+        t.sw(ins::IMPORT_KEYS, 0, 0, &[0; 57]),
+        Sw::CONDITIONS_NOT_SATISFIED
+    );
+    let ct = t.ok(ins::INIT_KEY_IMPORT, 0, 0, &[]);
+    let mut data = vec![w::role::ISSUER];
+    data.extend_from_slice(&ct);
+    assert_eq!(iss.sw(ins::EXPORT_SAM_KEYS, 0, 0, &data), Sw::WRONG_DATA);
+    data[0] = w::role::TERMINAL;
+    let mut garbled = data.clone();
+    garbled[100] ^= 1;
+    assert_eq!(iss.sw(ins::EXPORT_SAM_KEYS, 0, 0, &garbled), Sw::WRONG_DATA);
+    let mut blob = iss.ok(ins::EXPORT_SAM_KEYS, 0, 0, &data);
+    let n = blob.len();
+    blob[n - 1] ^= 1;
+    assert_eq!(
+        t.sw(ins::IMPORT_KEYS, 0, 0, &blob),
+        Sw::SM_OBJECTS_INCORRECT
+    );
+    assert!(sam_data(&mut t).keys.is_empty());
+    blob[n - 1] ^= 1;
+    t.ok(ins::IMPORT_KEYS, 0, 0, &blob);
+    assert_eq!(sam_data(&mut t).keys.len(), 2);
+}
+
+#[test]
+fn ceilings_per_transaction_and_per_day() {
+    let mut iss = issuer();
+    let mut t = terminal(
+        &mut iss,
+        TerminalOpts {
+            max_per_load: 1_000,
+            max_per_day: 1_500,
+            ..TerminalOpts::default()
+        },
+    );
+    let mut p = purse(
+        &mut iss,
+        &PurseOpts {
+            pin_threshold: u32::MAX,
+            ..PurseOpts::default()
+        },
+    );
+    load(&mut iss, &mut p, 10_000);
+    assert_eq!(
+        prepare_purchase(&mut t, &mut p, 1_001, T0).err(),
+        Some(sw::CEILING_EXCEEDED)
+    );
+    let pp = prepare_purchase(&mut t, &mut p, 1_000, T0).unwrap();
+    p.ok(pw::ins::PURCHASE, 0, 0, &pp.msg.encode());
+    assert_eq!(
+        prepare_purchase(&mut t, &mut p, 501, T0 + 60).err(),
+        Some(sw::CEILING_EXCEEDED)
+    );
+    assert!(prepare_purchase(&mut t, &mut p, 500, T0 + 60).is_ok());
+    let d = sam_data(&mut t);
+    assert_eq!((d.day, d.day_total), (T0 / DAY, 1_500));
+    // An earlier time counts in the current day: no reset by going back.
+    assert_eq!(
+        prepare_purchase(&mut t, &mut p, 1, T0 - DAY).err(),
+        Some(sw::CEILING_EXCEEDED)
+    );
+    // The next day starts from zero.
+    let pp = prepare_purchase(&mut t, &mut p, 1_000, T0 + DAY).unwrap();
+    p.ok(pw::ins::PURCHASE, 0, 0, &pp.msg.encode());
+    let d = sam_data(&mut t);
+    assert_eq!((d.day, d.day_total), (T0 / DAY + 1, 1_000));
+
+    // Issuer ceilings apply to loads.
+    let init = pw::InitLoadResponse::decode(&p.ok(pw::ins::INIT_LOAD, 0, 0, &[])).unwrap();
+    let req = pw::AuthorizeLoad {
+        purse_id: init.purse_id,
+        currency: init.currency,
+        counter: init.counter,
+        challenge: init.challenge,
+        key_version: init.key_version,
+        amount: 100_001,
+        terminal_time: T0,
+    };
+    assert_eq!(
+        iss.sw(ins::AUTHORIZE_LOAD, 0, 0, &req.encode()),
+        sw::CEILING_EXCEEDED
+    );
+    let zero = pw::AuthorizeLoad {
+        amount: 0,
+        ..req.clone()
+    };
+    assert_eq!(
+        iss.sw(ins::AUTHORIZE_LOAD, 0, 0, &zero.encode()),
+        Sw::WRONG_DATA
+    );
+    let old_key = pw::AuthorizeLoad {
+        amount: 5,
+        key_version: 2,
+        ..req
+    };
+    assert_eq!(
+        iss.sw(ins::AUTHORIZE_LOAD, 0, 0, &old_key.encode()),
+        sw::KEY_NOT_HELD
+    );
+}
+
+#[test]
+fn purchase_authorisation_needs_session_and_genuine_card() {
+    let mut iss = issuer();
+    let mut t = terminal(&mut iss, TerminalOpts::default());
+    let mut p = purse(&mut iss, &PurseOpts::default());
+    load(&mut iss, &mut p, 1_000);
+    let begin = w::BeginPurchase::decode(&t.ok(ins::BEGIN_PURCHASE, 0, 0, &[])).unwrap();
+    let ip = pw::InitPurchaseResponse::decode(
+        &p.ok(
+            pw::ins::INIT_PURCHASE,
+            0,
+            0,
+            &pw::InitPurchase {
+                sam_id: begin.sam_id,
+                sam_challenge: begin.sam_challenge,
+            }
+            .encode(),
+        ),
+    )
+    .unwrap();
+    let req = pw::AuthorizePurchase {
+        purse_id: ip.purse_id,
+        currency: ip.currency,
+        balance: ip.balance + 1, // lie about the balance
+        counter: ip.counter,
+        card_challenge: ip.card_challenge,
+        key_version: ip.key_version,
+        pin_threshold: ip.pin_threshold,
+        flags: ip.flags,
+        card_auth: ip.card_auth,
+        amount: 10,
+        terminal_id: [1, 2, 3, 4],
+        terminal_time: T0,
+    };
+    assert_eq!(
+        t.sw(ins::AUTHORIZE_PURCHASE, 0, 0, &req.encode()),
+        sw::CARD_PROOF_INVALID
+    );
+    // The session was consumed by that attempt.
+    let honest = pw::AuthorizePurchase {
+        balance: ip.balance,
+        ..req
+    };
+    assert_eq!(
+        t.sw(ins::AUTHORIZE_PURCHASE, 0, 0, &honest.encode()),
+        sw::NO_SESSION
+    );
+    assert_eq!(sam_data(&mut t).sam_txn, 0);
+}
+
+#[test]
+fn confirm_checks_the_proof_and_is_idempotent() {
+    let mut iss = issuer();
+    let mut p = purse(&mut iss, &PurseOpts::default());
+    let l = prepare_load(&mut iss, &mut p, 250, T0);
+    let r = pw::ValueReceipt::decode(&p.ok(pw::ins::LOAD, 0, 0, &l.encode())).unwrap();
+    let pid = purse_data(&mut p).purse_id;
+    assert_eq!(
+        iss.sw(
+            ins::CONFIRM_LOAD,
+            0,
+            0,
+            &confirm_data(pid, l.sam_txn + 1, 250, &r)
+        ),
+        sw::NO_SUCH_TXN
+    );
+    assert_eq!(
+        iss.sw(
+            ins::CONFIRM_LOAD,
+            0,
+            0,
+            &confirm_data([9; 8], l.sam_txn, 250, &r)
+        ),
+        sw::NO_SUCH_TXN
+    );
+    assert_eq!(
+        iss.sw(
+            ins::CONFIRM_PURCHASE,
+            0,
+            0,
+            &confirm_data(pid, l.sam_txn, 250, &r)
+        ),
+        sw::NO_SUCH_TXN
+    );
+    assert_eq!(
+        iss.sw(
+            ins::CONFIRM_LOAD,
+            0,
+            0,
+            &confirm_data(pid, l.sam_txn, 251, &r)
+        ),
+        sw::CARD_PROOF_INVALID
+    );
+    let mut bad = r.clone();
+    bad.balance_after += 1;
+    assert_eq!(
+        iss.sw(
+            ins::CONFIRM_LOAD,
+            0,
+            0,
+            &confirm_data(pid, l.sam_txn, 250, &bad)
+        ),
+        sw::CARD_PROOF_INVALID
+    );
+    assert_eq!(sam_data(&mut iss).pending_count, 1);
+    iss.ok(
+        ins::CONFIRM_LOAD,
+        0,
+        0,
+        &confirm_data(pid, l.sam_txn, 250, &r),
+    );
+    iss.ok(
+        ins::CONFIRM_LOAD,
+        0,
+        0,
+        &confirm_data(pid, l.sam_txn, 250, &r),
+    );
+    assert_eq!(sam_data(&mut iss).pending_count, 0);
+}
+
+fn export(sam: &mut Chip, max: u8) -> w::JournalBatch {
+    w::JournalBatch::decode(&sam.ok(ins::EXPORT_JOURNAL, max, 0, &[])).unwrap()
+}
+
+#[test]
+fn journal_full_then_settled() {
+    let mut iss = issuer();
+    let mut t = terminal(
+        &mut iss,
+        TerminalOpts {
+            journal_capacity: 2,
+            ..TerminalOpts::default()
+        },
+    );
+    let mut p = purse(&mut iss, &PurseOpts::default());
+    load(&mut iss, &mut p, 1_000);
+    purchase(&mut t, &mut p, 10, None).unwrap();
+    let pending = prepare_purchase(&mut t, &mut p, 20, T0).unwrap();
+    assert_eq!(
+        prepare_purchase(&mut t, &mut p, 30, T0).err(),
+        Some(sw::JOURNAL_FULL)
+    );
+
+    // Export, verify at the issuer, acknowledge: the PENDING entry stays.
+    let batch = export(&mut t, 0);
+    assert_eq!(batch.entries.len(), 2);
+    assert_eq!(batch.entries[0].status, status::CONFIRMED);
+    assert_eq!(batch.entries[1].status, status::PENDING);
+    let ack = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &batch.encode());
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack);
+    let d = sam_data(&mut t);
+    assert_eq!((d.journal_count, d.pending_count), (1, 1));
+    assert_eq!(prepare_purchase(&mut t, &mut p, 30, T0).err(), None);
+    assert_eq!(
+        prepare_purchase(&mut t, &mut p, 30, T0).err(),
+        Some(sw::JOURNAL_FULL)
+    );
+
+    // The pending one is resolved (the purse never saw it), then everything settles.
+    let st = txn_status(
+        &mut p,
+        pw::usage::DEBIT,
+        pending.msg.sam_id,
+        pending.msg.sam_txn,
+    );
+    assert!(!st.applied);
+    assert_eq!(
+        resolve(
+            &mut t,
+            pending.purse_id,
+            pending.msg.sam_txn,
+            pw::usage::DEBIT,
+            st
+        )
+        .data,
+        vec![status::VOID]
+    );
+    let batch = export(&mut t, 1);
+    assert_eq!(batch.entries.len(), 1);
+    let ack = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &batch.encode());
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack);
+    assert_eq!(sam_data(&mut t).journal_count, 1);
+}
+
+#[test]
+fn journal_acks_are_bound_to_the_sam_and_its_key() {
+    let mut iss = issuer();
+    let mut t1 = terminal(
+        &mut iss,
+        TerminalOpts {
+            sam_id: [0, 0, 0, 0x31],
+            ..TerminalOpts::default()
+        },
+    );
+    let mut t2 = terminal(
+        &mut iss,
+        TerminalOpts {
+            sam_id: [0, 0, 0, 0x32],
+            ..TerminalOpts::default()
+        },
+    );
+    let mut p = purse(&mut iss, &PurseOpts::default());
+    load(&mut iss, &mut p, 1_000);
+    purchase(&mut t1, &mut p, 10, None).unwrap();
+    purchase(&mut t2, &mut p, 20, None).unwrap();
+
+    let b1 = export(&mut t1, 0);
+    let b2 = export(&mut t2, 0);
+    assert_eq!(b1.sam_id, [0, 0, 0, 0x31]);
+    assert_eq!(b1.entries[0].amount, 10);
+    // A tampered batch does not verify.
+    let mut forged = b1.clone();
+    forged.entries[0].amount = 1;
+    assert_eq!(
+        iss.sw(ins::VERIFY_JOURNAL, 0, 0, &forged.encode()),
+        Sw::SM_OBJECTS_INCORRECT
+    );
+    // A batch under another SAM's name does not verify.
+    let mut renamed = b1.clone();
+    renamed.sam_id = b2.sam_id;
+    assert_eq!(
+        iss.sw(ins::VERIFY_JOURNAL, 0, 0, &renamed.encode()),
+        Sw::SM_OBJECTS_INCORRECT
+    );
+
+    let ack1 = w::JournalAck::decode(&iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b1.encode())).unwrap();
+    // T1's ack is not T2's: wrong SAM ID, or T2's ID with T1's MAC.
+    assert_eq!(
+        t2.sw(ins::ACK_JOURNAL, 0, 0, &ack1.encode()),
+        Sw::WRONG_DATA
+    );
+    let spoof = w::JournalAck {
+        sam_id: b2.sam_id,
+        ..ack1.clone()
+    };
+    assert_eq!(
+        t2.sw(ins::ACK_JOURNAL, 0, 0, &spoof.encode()),
+        Sw::SM_OBJECTS_INCORRECT
+    );
+    // A host-made ack is refused.
+    let host_made = w::JournalAck {
+        sam_id: b2.sam_id,
+        last_seq: 99,
+        mac: [0; 8],
+    };
+    assert_eq!(
+        t2.sw(ins::ACK_JOURNAL, 0, 0, &host_made.encode()),
+        Sw::SM_OBJECTS_INCORRECT
+    );
+    assert_eq!(sam_data(&mut t2).journal_count, 1);
+    t1.ok(ins::ACK_JOURNAL, 0, 0, &ack1.encode());
+    assert_eq!(sam_data(&mut t1).journal_count, 0);
+
+    // The issuer settles its own journal too.
+    let bi = export(&mut iss, 0);
+    assert_eq!(bi.entries.len(), 1);
+    assert_eq!(bi.entries[0].kind, pw::kind::LOAD);
+    let ack = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &bi.encode());
+    iss.ok(ins::ACK_JOURNAL, 0, 0, &ack);
+    assert_eq!(sam_data(&mut iss).journal_count, 0);
+}
+
+#[test]
+fn sam_txn_is_durable_and_grows() {
+    let mut iss = issuer();
+    let mut p = purse(&mut iss, &PurseOpts::default());
+    load(&mut iss, &mut p, 1);
+    load(&mut iss, &mut p, 1);
+    assert_eq!(sam_data(&mut iss).sam_txn, 2);
+    iss.power_cycle();
+    unlock(&mut iss);
+    let l = prepare_load(&mut iss, &mut p, 1, T0);
+    assert_eq!(l.sam_txn, 3);
+}
+
+#[test]
+fn tearing_during_authorize_load_keeps_txn_and_journal_together() {
+    let mut iss = issuer();
+    let mut p = purse(&mut iss, &PurseOpts::default());
+    let mut k = 0u64;
+    loop {
+        let before = sam_data(&mut iss);
+        let init = pw::InitLoadResponse::decode(&p.ok(pw::ins::INIT_LOAD, 0, 0, &[])).unwrap();
+        let req = pw::AuthorizeLoad {
+            purse_id: init.purse_id,
+            currency: init.currency,
+            counter: init.counter,
+            challenge: init.challenge,
+            key_version: init.key_version,
+            amount: 5,
+            terminal_time: T0,
+        };
+        iss.card.arm_tear(TearPlan {
+            after_bytes: Some(k),
+            after_commit: false,
+        });
+        let r = iss.try_send(0x80, ins::AUTHORIZE_LOAD, 0, 0, &req.encode());
+        match r {
+            Err(CardError::PowerLost) => {
+                iss.card.power_on();
+                iss.select();
+                unlock(&mut iss);
+                assert!(iss.card.store_consistent());
+                let after = sam_data(&mut iss);
+                assert_eq!(after.sam_txn, before.sam_txn);
+                assert_eq!(after.journal_count, before.journal_count);
+                assert_eq!(after.day_total, before.day_total);
+                k += 1;
+            }
+            Ok(r) => {
+                assert_eq!(r.sw, Sw::OK);
+                disarm(&mut iss.card);
+                let after = sam_data(&mut iss);
+                assert_eq!(after.sam_txn, before.sam_txn + 1);
+                assert_eq!(after.journal_count, before.journal_count + 1);
+                assert_eq!(after.pending_count, before.pending_count + 1);
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(k < 10_000);
+    }
+    assert!(k > 20);
+}
