@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use tessera_host::transport::Transport;
 
 /// Where a command's card is.
+#[allow(clippy::large_enum_variant)] // the API keeps the card inline; one per process
 pub enum Target {
     /// A card image file, run in-process.
     Image {

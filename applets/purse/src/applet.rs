@@ -19,9 +19,8 @@ use crate::keyblob::{self, Key16, KeyBlobError};
 use crate::macs::{mac8, verify8};
 use crate::wire::{
     self, Balance, CLA, FLAG_PERSONALISED, FLAG_PIN_SET, FLAG_PIN_VALIDATED, InitLoadResponse,
-    InitPurchase, InitPurchaseResponse, KeyBlob, KeyTransportRequest, Load, LogRecord, Mac,
-    Purchase, PurseData, PurseId, PurseInstall, TxnStatus, TxnStatusQuery, ValueReceipt, ins, kind,
-    sw, usage,
+    InitPurchase, InitPurchaseResponse, KeyBlob, Load, LogRecord, Mac, Purchase, PurseData,
+    PurseId, PurseInstall, TxnStatus, TxnStatusQuery, ValueReceipt, ins, kind, sw, usage,
 };
 use serde::{Deserialize, Serialize};
 use tessera_apdu::{Command, Sw};
@@ -380,26 +379,16 @@ impl Purse {
             return Err(sw::NOT_PERSONALISED);
         }
         let cfg = config(ctx)?;
-        let issuer = RsaPublicKey::from_spki_der(&cfg.issuer_spki).map_err(crypto_err)?;
-        let mut kt_nonce = Zeroizing::new([0u8; 24]);
-        ctx.random(&mut kt_nonce[..]);
-        let mut req = KeyTransportRequest {
-            transport_key: [0u8; 16],
-            nonce: [0u8; 8],
-            subject_id: cfg.purse_id.to_vec(),
-        };
-        req.transport_key.copy_from_slice(&kt_nonce[..16]);
-        req.nonce.copy_from_slice(&kt_nonce[16..]);
-        let plain = Zeroizing::new(req.encode());
-        req.transport_key.zeroize();
+        let mut kt = Zeroizing::new([0u8; 16]);
+        ctx.random(&mut kt[..]);
+        let nonce = random::<8>(ctx);
         let mut seed = Zeroizing::new([0u8; 32]);
         ctx.random(&mut seed[..]);
         let mut rng = CardRng::from_seed(*seed);
-        let ct = issuer
-            .encrypt_oaep_sha256(&plain, &mut rng)
+        let t = keyblob::request(&cfg.issuer_spki, kt, nonce, &cfg.purse_id, &mut rng)
             .map_err(crypto_err)?;
-        ctx.put(K_KT, &kt_nonce[..])?;
-        Ok(ct)
+        ctx.put(K_KT, &t.record)?;
+        Ok(t.ciphertext)
     }
 
     fn put_keys(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
@@ -409,15 +398,7 @@ impl Purse {
         }
         let stored = Zeroizing::new(ctx.get(K_KT).ok_or(Sw::CONDITIONS_NOT_SATISFIED)?);
         let blob = KeyBlob::decode(&cmd.data).map_err(|e| e.sw())?;
-        let mut kt = Zeroizing::new([0u8; 16]);
-        let mut nonce = [0u8; 8];
-        match (stored.get(..16), stored.get(16..24)) {
-            (Some(k), Some(n)) if stored.len() == 24 => {
-                kt.copy_from_slice(k);
-                nonce.copy_from_slice(n);
-            }
-            _ => return Err(Sw::UNKNOWN),
-        }
+        let (kt, nonce) = keyblob::parse_record(&stored).ok_or(Sw::UNKNOWN)?;
         let keys = keyblob::open(&kt, &nonce, &blob).map_err(|e| match e {
             KeyBlobError::Mac | KeyBlobError::Nonce => Sw::SM_OBJECTS_INCORRECT,
             KeyBlobError::Format => Sw::WRONG_DATA,

@@ -6,11 +6,15 @@
 //! [`KeyBlob::mac_body`]) truncated to 8 bytes. The chip that generated `KT` checks the
 //! MAC and that the blob carries the nonce it sent in its [`super::wire::KeyTransportRequest`].
 
-use crate::wire::{KT_ENC_LABEL, KT_MAC_LABEL, KeyBlob, KeyEntry, MAC_LEN, Mac, tag};
+use crate::wire::{
+    KT_ENC_LABEL, KT_MAC_LABEL, KeyBlob, KeyEntry, KeyTransportRequest, MAC_LEN, Mac, tag,
+};
 use tessera_crypto::cipher::{aes_cbc_decrypt, aes_cbc_encrypt};
 use tessera_crypto::cmac::{aes_cmac, aes_cmac_verify};
 use tessera_crypto::padding::Padding;
-use zeroize::Zeroizing;
+use tessera_crypto::rng::CardRng;
+use tessera_crypto::rsa::RsaPublicKey;
+use zeroize::{Zeroize, Zeroizing};
 
 /// An AES-128 key held in RAM, wiped on drop.
 pub type Key16 = Zeroizing<[u8; 16]>;
@@ -114,6 +118,46 @@ pub fn open(
         return Err(KeyBlobError::Format);
     }
     Ok(out)
+}
+
+/// A chip's side of a key transport: the record it keeps (`KT || nonce`, 24 bytes) until
+/// the blob comes back, and the OAEP-SHA256 ciphertext of its [`KeyTransportRequest`]
+/// under the issuer SAM's personalisation key.
+pub struct TransportRequest {
+    pub record: Zeroizing<Vec<u8>>,
+    pub ciphertext: Vec<u8>,
+}
+
+/// Build a key-transport request for `subject_id` with a fresh `kt` and `nonce`.
+pub fn request(
+    issuer_spki: &[u8],
+    kt: Key16,
+    nonce: [u8; 8],
+    subject_id: &[u8],
+    rng: &mut CardRng,
+) -> Result<TransportRequest, KeyBlobError> {
+    let issuer = RsaPublicKey::from_spki_der(issuer_spki).map_err(|_| KeyBlobError::Crypto)?;
+    let mut req = KeyTransportRequest {
+        transport_key: *kt,
+        nonce,
+        subject_id: subject_id.to_vec(),
+    };
+    let plain = Zeroizing::new(req.encode());
+    req.transport_key.zeroize();
+    let ciphertext = issuer
+        .encrypt_oaep_sha256(&plain, rng)
+        .map_err(|_| KeyBlobError::Crypto)?;
+    let mut record = Zeroizing::new(Vec::with_capacity(24));
+    record.extend_from_slice(&kt[..]);
+    record.extend_from_slice(&nonce);
+    Ok(TransportRequest { record, ciphertext })
+}
+
+/// Split a stored `KT || nonce` record.
+pub fn parse_record(record: &[u8]) -> Option<(Key16, [u8; 8])> {
+    let (kt, nonce) = record.split_first_chunk::<16>()?;
+    let nonce: [u8; 8] = nonce.try_into().ok()?;
+    Some((Zeroizing::new(*kt), nonce))
 }
 
 #[cfg(test)]

@@ -6,6 +6,15 @@
 //!   under a chip-generated transport key;
 //! * [`applet`]: the card-side purse ([`load_file`]).
 #![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 
 pub mod applet;
 pub mod keyblob;

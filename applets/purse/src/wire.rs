@@ -377,6 +377,7 @@ message!(
 });
 
 /// Bytes covered by the load authorisation MAC (key: load key of the purse).
+#[allow(clippy::too_many_arguments)]
 pub fn load_auth_mac_input(
     purse_id: &PurseId,
     counter: u32,

@@ -656,3 +656,59 @@ fn tearing_at_every_byte_of_purchase() {
         assert!(k < 10_000);
     }
 }
+
+#[test]
+fn blocked_pin_blocks_large_purchases_only() {
+    let mut iss = issuer();
+    let mut term = terminal(&mut iss, TerminalOpts::default());
+    let mut p = purse(&mut iss, &PurseOpts::default());
+    load(&mut iss, &mut p, 5_000);
+    for _ in 0..3 {
+        let r = p.send(0x00, ins::VERIFY, 0, 0x81, b"9999");
+        assert_ne!(r.sw, Sw::OK);
+    }
+    assert_eq!(
+        p.send(0x00, ins::VERIFY, 0, 0x81, PURSE_PIN).sw,
+        Sw::AUTH_METHOD_BLOCKED
+    );
+    assert_eq!(
+        p.send(0x00, ins::VERIFY, 0, 0x81, &[]).sw,
+        Sw::AUTH_METHOD_BLOCKED
+    );
+    assert_eq!(
+        purchase(&mut term, &mut p, 2_001, None),
+        Err(Sw::SECURITY_STATUS_NOT_SATISFIED)
+    );
+    assert_eq!(
+        purchase(&mut term, &mut p, 2_000, None)
+            .unwrap()
+            .balance_after,
+        3_000
+    );
+}
+
+#[test]
+fn purse_without_pin_has_no_threshold() {
+    let mut iss = issuer();
+    let mut term = terminal(&mut iss, TerminalOpts::default());
+    let mut p = purse(
+        &mut iss,
+        &PurseOpts {
+            pin: Vec::new(),
+            ..PurseOpts::default()
+        },
+    );
+    let d = purse_data(&mut p);
+    assert_eq!((d.flags & pw::FLAG_PIN_SET, d.pin_threshold), (0, u32::MAX));
+    assert_eq!(
+        p.send(0x00, ins::VERIFY, 0, 0x81, PURSE_PIN).sw,
+        Sw::REFERENCED_DATA_NOT_FOUND
+    );
+    load(&mut iss, &mut p, 9_000);
+    assert_eq!(
+        purchase(&mut term, &mut p, 8_000, None)
+            .unwrap()
+            .balance_after,
+        1_000
+    );
+}

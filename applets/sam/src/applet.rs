@@ -100,6 +100,10 @@ struct JRec {
     sam_challenge: [u8; 8],
     /// The day the amount was counted in (for the refund of a voided entry).
     day: u32,
+    /// Set by EXPORT JOURNAL once the entry was exported in its final state (CONFIRMED or
+    /// VOID): only such entries are dropped by ACK JOURNAL, so an entry exported while
+    /// PENDING and settled afterwards waits for a batch that shows its final state.
+    exported_final: bool,
 }
 
 impl JRec {
@@ -440,23 +444,13 @@ impl Sam {
         if cfg.role != role::TERMINAL || !read_keys(ctx)?.is_empty() {
             return Err(Sw::CONDITIONS_NOT_SATISFIED);
         }
-        let issuer = RsaPublicKey::from_spki_der(&cfg.issuer_spki).map_err(internal)?;
-        let kt_nonce = Zeroizing::new(random::<24>(ctx));
-        let mut req = KeyTransportRequest {
-            transport_key: [0u8; 16],
-            nonce: [0u8; 8],
-            subject_id: cfg.sam_id.to_vec(),
-        };
-        req.transport_key.copy_from_slice(&kt_nonce[..16]);
-        req.nonce.copy_from_slice(&kt_nonce[16..]);
-        let plain = Zeroizing::new(req.encode());
-        req.transport_key.zeroize();
+        let kt = Zeroizing::new(random::<16>(ctx));
+        let nonce = random::<8>(ctx);
         let mut rng = rng_from(ctx);
-        let ct = issuer
-            .encrypt_oaep_sha256(&plain, &mut rng)
+        let t = keyblob::request(&cfg.issuer_spki, kt, nonce, &cfg.sam_id, &mut rng)
             .map_err(internal)?;
-        ctx.put(K_KT, &kt_nonce[..])?;
-        Ok(ct)
+        ctx.put(K_KT, &t.record)?;
+        Ok(t.ciphertext)
     }
 
     fn import_keys(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
@@ -467,13 +461,7 @@ impl Sam {
         }
         let stored = Zeroizing::new(ctx.get(K_KT).ok_or(Sw::CONDITIONS_NOT_SATISFIED)?);
         let blob = KeyBlob::decode(&cmd.data).map_err(|e| e.sw())?;
-        let (Some(k), Some(n)) = (stored.get(..16), stored.get(16..24)) else {
-            return Err(Sw::UNKNOWN);
-        };
-        let mut kt = Zeroizing::new([0u8; 16]);
-        kt.copy_from_slice(k);
-        let mut nonce = [0u8; 8];
-        nonce.copy_from_slice(n);
+        let (kt, nonce) = keyblob::parse_record(&stored).ok_or(Sw::UNKNOWN)?;
         let keys = keyblob::open(&kt, &nonce, &blob).map_err(|e| match e {
             KeyBlobError::Mac | KeyBlobError::Nonce => Sw::SM_OBJECTS_INCORRECT,
             KeyBlobError::Format => Sw::WRONG_DATA,
@@ -592,8 +580,16 @@ impl Sam {
         next.sam_txn = seq;
         rec.seq = seq;
         rec.day = next.day;
-        ctx.save(&j_key(seq), &rec)?;
-        ctx.save(K_STATE, &next)?;
+        // Card memory exhausted before the configured capacity: the journal is full too.
+        let full = |e: Sw| {
+            if e == Sw::NOT_ENOUGH_MEMORY {
+                sw::JOURNAL_FULL
+            } else {
+                e
+            }
+        };
+        ctx.save(&j_key(seq), &rec).map_err(full)?;
+        ctx.save(K_STATE, &next).map_err(full)?;
         Ok(seq)
     }
 
@@ -624,6 +620,7 @@ impl Sam {
                 proof: [0; 8],
                 sam_challenge: [0; 8],
                 day: 0,
+                exported_final: false,
             },
         )?;
         let k = card_key(&m_load.key, &req.purse_id, usage::LOAD).map_err(internal)?;
@@ -709,6 +706,7 @@ impl Sam {
                 proof: [0; 8],
                 sam_challenge,
                 day: 0,
+                exported_final: false,
             },
         )?;
         let mac = mac8(
@@ -888,8 +886,12 @@ impl Sam {
         let k = own_journal_key(&keys, &cfg)?;
         let mut entries = Vec::new();
         for key in ctx.keys_with_prefix(J_PREFIX).into_iter().take(max) {
-            if let Some(r) = ctx.load::<JRec>(&key)? {
+            if let Some(mut r) = ctx.load::<JRec>(&key)? {
                 entries.push(r.entry());
+                if r.status != status::PENDING && !r.exported_final {
+                    r.exported_final = true;
+                    ctx.save(&key, &r)?;
+                }
             }
         }
         let mut batch = JournalBatch {
@@ -920,7 +922,7 @@ impl Sam {
             return Err(Sw::SM_OBJECTS_INCORRECT);
         }
         for rec in journal_all(ctx)? {
-            if rec.seq <= ack.last_seq && rec.status != status::PENDING {
+            if rec.seq <= ack.last_seq && rec.status != status::PENDING && rec.exported_final {
                 ctx.delete(&j_key(rec.seq));
             }
         }

@@ -399,7 +399,11 @@ fn journal_full_then_settled() {
         Some(sw::JOURNAL_FULL)
     );
 
-    // The pending one is resolved (the purse never saw it), then everything settles.
+    // Export while PENDING, then the entry is resolved (the purse never saw it): the ack
+    // of the old batch does not drop it, since the back end has not seen its final state.
+    let stale = export(&mut t, 1);
+    assert_eq!(stale.entries[0].status, status::PENDING);
+    let stale_ack = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &stale.encode());
     let st = txn_status(
         &mut p,
         pw::usage::DEBIT,
@@ -407,19 +411,19 @@ fn journal_full_then_settled() {
         pending.msg.sam_txn,
     );
     assert!(!st.applied);
-    assert_eq!(
-        resolve(
-            &mut t,
-            pending.purse_id,
-            pending.msg.sam_txn,
-            pw::usage::DEBIT,
-            st
-        )
-        .data,
-        vec![status::VOID]
+    let r = resolve(
+        &mut t,
+        pending.purse_id,
+        pending.msg.sam_txn,
+        pw::usage::DEBIT,
+        st,
     );
+    assert_eq!(r.data, vec![status::VOID]);
+    t.ok(ins::ACK_JOURNAL, 0, 0, &stale_ack);
+    assert_eq!(sam_data(&mut t).journal_count, 2);
     let batch = export(&mut t, 1);
     assert_eq!(batch.entries.len(), 1);
+    assert_eq!(batch.entries[0].status, status::VOID);
     let ack = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &batch.encode());
     t.ok(ins::ACK_JOURNAL, 0, 0, &ack);
     assert_eq!(sam_data(&mut t).journal_count, 1);

@@ -98,7 +98,10 @@ mod tests {
         let c = ClassByte::decode(0x5F).unwrap();
         assert_eq!((c.channel, c.chained), (19, true));
         let c = ClassByte::decode(0x84).unwrap();
-        assert_eq!((c.channel, c.secure_messaging, c.proprietary), (0, true, true));
+        assert_eq!(
+            (c.channel, c.secure_messaging, c.proprietary),
+            (0, true, true)
+        );
         let c = ClassByte::decode(0xC1).unwrap();
         assert_eq!((c.channel, c.proprietary), (5, true));
         assert_eq!(ClassByte::decode(0x20), Err(Sw::CLA_NOT_SUPPORTED));

@@ -245,18 +245,36 @@ mod tests {
     #[test]
     fn malformed() {
         assert_eq!(Command::parse_sw(&h("00A404")), Err(Sw::WRONG_LENGTH));
-        assert_eq!(Command::parse_sw(&h("00A4040005A000")), Err(Sw::WRONG_LENGTH));
-        assert_eq!(Command::parse_sw(&h("FFA40400")), Err(Sw::CLA_NOT_SUPPORTED));
-        assert_eq!(Command::parse_sw(&h("00A4040000")).map(|c| c.le), Ok(Some(256)));
+        assert_eq!(
+            Command::parse_sw(&h("00A4040005A000")),
+            Err(Sw::WRONG_LENGTH)
+        );
+        assert_eq!(
+            Command::parse_sw(&h("FFA40400")),
+            Err(Sw::CLA_NOT_SUPPORTED)
+        );
+        assert_eq!(
+            Command::parse_sw(&h("00A4040000")).map(|c| c.le),
+            Ok(Some(256))
+        );
         // Two zero bytes: neither a short nor an extended body.
         assert_eq!(Command::parse_sw(&h("00A404000000")), Err(Sw::WRONG_LENGTH));
         // Extended Lc = 0000 followed by an extended Le: not a valid encoding.
-        assert_eq!(Command::parse_sw(&h("00B000000000000100")), Err(Sw::WRONG_LENGTH));
+        assert_eq!(
+            Command::parse_sw(&h("00B000000000000100")),
+            Err(Sw::WRONG_LENGTH)
+        );
         // Lc = 2 but four bytes follow (neither case 3 nor 4): 6700.
-        assert_eq!(Command::parse_sw(&h("00DA000002AABBCCDD")), Err(Sw::WRONG_LENGTH));
+        assert_eq!(
+            Command::parse_sw(&h("00DA000002AABBCCDD")),
+            Err(Sw::WRONG_LENGTH)
+        );
         assert_eq!(Command::parse_sw(&h("")), Err(Sw::WRONG_LENGTH));
         // The reserved class range parses (hosts may send anything) but is refused by class().
-        assert_eq!(Command::parse(&h("2FA40400")).unwrap().class(), Err(Sw::CLA_NOT_SUPPORTED));
+        assert_eq!(
+            Command::parse(&h("2FA40400")).unwrap().class(),
+            Err(Sw::CLA_NOT_SUPPORTED)
+        );
     }
 
     #[test]
@@ -264,7 +282,9 @@ mod tests {
         let c = Command::new(0x00, 0xB0, 0, 0).with_le(4000);
         assert_eq!(c.to_bytes().unwrap(), h("00B00000000FA0"));
         let data = vec![0xAB; 300];
-        let c = Command::new(0x80, 0x10, 0, 0).with_data(data.clone()).with_le(65536);
+        let c = Command::new(0x80, 0x10, 0, 0)
+            .with_data(data.clone())
+            .with_le(65536);
         let b = c.to_bytes().unwrap();
         assert_eq!(&b[4..7], &[0x00, 0x01, 0x2C]);
         assert_eq!(&b[b.len() - 2..], &[0x00, 0x00]);

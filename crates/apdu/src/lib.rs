@@ -11,6 +11,16 @@
 //! Nothing in this crate panics on input bytes; every malformed input becomes a status
 //! word (card side) or an [`ApduError`] (host side).
 #![forbid(unsafe_code)]
+// No panics on paths that APDU bytes or image files reach (tests may unwrap).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 mod class;
 mod command;

@@ -54,6 +54,11 @@ impl Response {
 
 impl fmt::Debug for Response {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Response {{ data={} sw={:?} }}", hex::encode_upper(&self.data), self.sw)
+        write!(
+            f,
+            "Response {{ data={} sw={:?} }}",
+            hex::encode_upper(&self.data),
+            self.sw
+        )
     }
 }

@@ -216,9 +216,18 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert_eq!(parse_all(&[0x84, 0x05, 1]), Err(TlvError::Overrun { at: 2, len: 5 }));
+        assert_eq!(
+            parse_all(&[0x84, 0x05, 1]),
+            Err(TlvError::Overrun { at: 2, len: 5 })
+        );
         assert_eq!(parse_all(&[0x9F]), Err(TlvError::Truncated(1)));
-        assert_eq!(parse_all(&[0x84, 0x84, 0, 0, 0, 0]), Err(TlvError::BadLength(1)));
-        assert!(matches!(parse_all(&[0x9F, 0x81, 0x81, 0x81, 0x01, 0]), Err(TlvError::TagTooLong(0))));
+        assert_eq!(
+            parse_all(&[0x84, 0x84, 0, 0, 0, 0]),
+            Err(TlvError::BadLength(1))
+        );
+        assert!(matches!(
+            parse_all(&[0x9F, 0x81, 0x81, 0x81, 0x01, 0]),
+            Err(TlvError::TagTooLong(0))
+        ));
     }
 }

@@ -141,6 +141,8 @@ pub enum FlowError {
     CardProofInvalid,
     #[error("the purse refused the message as stale (replayed, wrong card or session ended)")]
     StaleSession,
+    #[error("the purse rejected the authorisation MAC (wrong card, forged or altered message)")]
+    BadMac,
     /// The value did not move. `voided`: the SAM's pending authorisation was voided with
     /// the purse's MACed status.
     #[error("not applied: the purse did not apply the transaction{}", if *.voided { " (SAM authorisation voided)" } else { "" })]
@@ -177,6 +179,7 @@ impl FlowError {
             FlowError::WrongSamRole => "wrong_sam_role",
             FlowError::CardProofInvalid => "card_proof_invalid",
             FlowError::StaleSession => "stale_session",
+            FlowError::BadMac => "bad_mac",
             FlowError::NotApplied { .. } => "not_applied",
             FlowError::Step { .. } => "card_error",
             FlowError::Recovery(_) => "recovery_failed",
@@ -201,6 +204,7 @@ fn purse_err(step: &'static str, e: ClientError) -> FlowError {
         s if s == pw::sw::WRONG_CURRENCY => FlowError::WrongCurrency,
         s if s == pw::sw::NOT_PERSONALISED => FlowError::NotPersonalised,
         Sw::AUTH_METHOD_BLOCKED => FlowError::PinBlocked,
+        Sw::SM_OBJECTS_INCORRECT => FlowError::BadMac,
         s if s.0 & 0xFFF0 == 0x63C0 => FlowError::WrongPin {
             tries_left: (s.0 & 0x0F) as u8,
         },

@@ -205,7 +205,7 @@ fn hex_bytes(tok: &str) -> Result<Vec<u8>, String> {
         .strip_prefix("0x")
         .or_else(|| tok.strip_prefix("0X"))
         .unwrap_or(tok);
-    if t.is_empty() || t.len() % 2 != 0 || !t.chars().all(|c| c.is_ascii_hexdigit()) {
+    if t.is_empty() || !t.len().is_multiple_of(2) || !t.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!("{tok:?} is not hex bytes"));
     }
     hex::decode(t).map_err(|e| format!("{tok:?}: {e}"))

@@ -73,7 +73,12 @@ pub trait Applet: Send {
 
     /// A shareable interface offered to other instances, mediated by the OS. The callee's
     /// writes join the caller's transaction.
-    fn service(&mut self, _ctx: &mut Context<'_>, _caller: &[u8], _request: &[u8]) -> Result<Vec<u8>, Sw> {
+    fn service(
+        &mut self,
+        _ctx: &mut Context<'_>,
+        _caller: &[u8],
+        _request: &[u8],
+    ) -> Result<Vec<u8>, Sw> {
         Err(Sw::FUNCTION_NOT_SUPPORTED)
     }
 }
@@ -93,7 +98,12 @@ pub struct LoadFile {
 
 impl std::fmt::Debug for LoadFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LoadFile({}, {})", self.name, hex::encode_upper(&self.aid))
+        write!(
+            f,
+            "LoadFile({}, {})",
+            self.name,
+            hex::encode_upper(&self.aid)
+        )
     }
 }
 
@@ -145,7 +155,10 @@ pub struct Context<'a> {
 
 impl Context<'_> {
     fn ns(&self) -> u16 {
-        self.instances.get(self.me).map(|s| s.record.ns).unwrap_or(u16::MAX)
+        self.instances
+            .get(self.me)
+            .map(|s| s.record.ns)
+            .unwrap_or(u16::MAX)
     }
 
     /// The card's unique identifier (used for key diversification).
@@ -155,7 +168,10 @@ impl Context<'_> {
 
     /// This instance's AID.
     pub fn aid(&self) -> &[u8] {
-        self.instances.get(self.me).map(|s| s.record.aid.as_slice()).unwrap_or(&[])
+        self.instances
+            .get(self.me)
+            .map(|s| s.record.aid.as_slice())
+            .unwrap_or(&[])
     }
 
     pub fn interface(&self) -> Interface {
@@ -198,7 +214,9 @@ impl Context<'_> {
     pub fn load<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, Sw> {
         match self.store.get(self.ns(), key) {
             None => Ok(None),
-            Some(bytes) => postcard::from_bytes(bytes).map(Some).map_err(|_| Sw::UNKNOWN),
+            Some(bytes) => postcard::from_bytes(bytes)
+                .map(Some)
+                .map_err(|_| Sw::UNKNOWN),
         }
     }
 
@@ -257,7 +275,10 @@ impl Context<'_> {
 
     /// Ask the OS to lock the card after this command (needs the card-lock privilege).
     pub fn lock_card(&mut self) -> Result<(), Sw> {
-        let allowed = self.instances.get(self.me).is_some_and(|s| s.record.privileges.card_lock);
+        let allowed = self
+            .instances
+            .get(self.me)
+            .is_some_and(|s| s.record.privileges.card_lock);
         if !allowed {
             return Err(Sw::SECURITY_STATUS_NOT_SATISFIED);
         }

@@ -2,7 +2,7 @@
 //! life cycle, installation.
 
 use crate::applet::{
-    AppState, Applet, Context, Interface, InstanceSlot, LoadFile, OsRequests, Privileges,
+    AppState, Applet, Context, InstanceSlot, Interface, LoadFile, OsRequests, Privileges,
     Transient, store_sw,
 };
 use crate::atr;
@@ -232,7 +232,11 @@ impl Card {
         }
     }
 
-    pub(crate) fn from_parts(profile: CardProfile, load_files: Vec<LoadFile>, mut store: Store) -> Card {
+    pub(crate) fn from_parts(
+        profile: CardProfile,
+        load_files: Vec<LoadFile>,
+        mut store: Store,
+    ) -> Card {
         let quota = profile.memory_quota;
         if store.quota() != quota {
             store = Store::from_log(store.snapshot_log(), quota);
@@ -241,7 +245,9 @@ impl Card {
             Some(seed) => CardRng::from_seed(seed),
             None => CardRng::from_entropy(),
         };
-        let channels = (0..profile.max_channels.clamp(1, 20)).map(|_| None).collect();
+        let channels = (0..profile.max_channels.clamp(1, 20))
+            .map(|_| None)
+            .collect();
         let mut card = Card {
             profile,
             load_files,
@@ -267,7 +273,9 @@ impl Card {
             .unwrap_or(CardState::OpReady);
         let mut slots = Vec::new();
         for k in self.store.keys_with_prefix(OS_NS, KEY_INST) {
-            let Some(raw) = self.store.get(OS_NS, &k) else { continue };
+            let Some(raw) = self.store.get(OS_NS, &k) else {
+                continue;
+            };
             let Ok(rec) = postcard::from_bytes::<InstanceRecord>(raw) else {
                 tracing::error!(key = %hex::encode(&k), "corrupt instance record skipped");
                 continue;
@@ -424,10 +432,9 @@ impl Card {
         // Implicit selection of the default instance on the basic channel.
         if self.life != CardState::Terminated
             && self.life != CardState::CardLocked
-            && let Some(idx) = self
-                .instances
-                .iter()
-                .position(|s| s.record.privileges.default_selected && s.record.state == AppState::Selectable)
+            && let Some(idx) = self.instances.iter().position(|s| {
+                s.record.privileges.default_selected && s.record.state == AppState::Selectable
+            })
         {
             // A refusal leaves the basic channel with nothing selected; a power cut
             // leaves the card off, which the next command reports.
@@ -545,7 +552,7 @@ impl Card {
         } else if select {
             self.select_by_name(ch, &cmd)?
         } else {
-            self.to_applet(ch, &cmd)?
+            self.forward_to_applet(ch, &cmd)?
         };
         Ok(self.shape_response(ch, &cmd, resp))
     }
@@ -555,7 +562,12 @@ impl Card {
     /// must repeat the same CLA (chaining bit aside), INS, P1 and P2; anything else ends
     /// the chain with 6883 and is not executed. A part with Le but no data (case 2) is 6700;
     /// more than [`MAX_CHAIN_DATA`] bytes in total is 6700. Either error drops the chain.
-    fn chain(&mut self, ch: usize, class: &ClassByte, mut cmd: Command) -> Result<Command, Response> {
+    fn chain(
+        &mut self,
+        ch: usize,
+        class: &ClassByte,
+        mut cmd: Command,
+    ) -> Result<Command, Response> {
         let Some(Some(channel)) = self.channels.get_mut(ch) else {
             return Err(Response::status(Sw::LOGICAL_CHANNEL_NOT_SUPPORTED));
         };
@@ -709,9 +721,9 @@ impl Card {
     }
 
     fn default_instance(&self) -> Option<usize> {
-        self.instances
-            .iter()
-            .position(|s| s.record.privileges.default_selected && s.record.state == AppState::Selectable)
+        self.instances.iter().position(|s| {
+            s.record.privileges.default_selected && s.record.state == AppState::Selectable
+        })
     }
 
     /// SELECT by DF name (P1 = 04).
@@ -732,19 +744,33 @@ impl Card {
         if self.life == CardState::CardLocked {
             return Ok(Response::status(Sw::FILE_NOT_FOUND));
         }
-        let current = self.channels.get(ch).and_then(|c| c.as_ref()).and_then(|c| c.selected);
+        let current = self
+            .channels
+            .get(ch)
+            .and_then(|c| c.as_ref())
+            .and_then(|c| c.selected);
         let found = if cmd.data.is_empty() {
             // No DF name: the default-selected instance (GlobalPlatform), if any.
             self.default_instance()
         } else {
             let name = cmd.data.as_slice();
             let start = match current {
-                Some(i) if occurrence == 0x02 && self.instances.get(i).is_some_and(|s| s.record.aid.starts_with(name)) => i + 1,
+                Some(i)
+                    if occurrence == 0x02
+                        && self
+                            .instances
+                            .get(i)
+                            .is_some_and(|s| s.record.aid.starts_with(name)) =>
+                {
+                    i + 1
+                }
                 _ => 0,
             };
             (start..self.instances.len()).find(|&i| {
                 self.instances.get(i).is_some_and(|s| {
-                    s.record.aid.starts_with(name) && s.record.state == AppState::Selectable && s.applet.is_some()
+                    s.record.aid.starts_with(name)
+                        && s.record.state == AppState::Selectable
+                        && s.applet.is_some()
                 })
             })
         };
@@ -764,7 +790,11 @@ impl Card {
                 if option == 0x0C {
                     return Ok(Response::ok(Vec::new()));
                 }
-                let aid = self.instances.get(idx).map(|s| s.record.aid.clone()).unwrap_or_default();
+                let aid = self
+                    .instances
+                    .get(idx)
+                    .map(|s| s.record.aid.clone())
+                    .unwrap_or_default();
                 let mut children = vec![Tlv::new(0x84, aid)];
                 if !proprietary.is_empty() {
                     children.push(Tlv::new(0xA5, proprietary));
@@ -903,7 +933,11 @@ impl Card {
             // Opened from another logical channel: the new channel selects the instance of
             // the originating channel. When that is impossible (not multi-selectable, or
             // the instance refuses), the channel is not opened.
-            let origin = self.channels.get(ch).and_then(|c| c.as_ref()).and_then(|c| c.selected);
+            let origin = self
+                .channels
+                .get(ch)
+                .and_then(|c| c.as_ref())
+                .and_then(|c| c.selected);
             if let Some(idx) = origin {
                 let refused = match self.selectable_on(idx, target) {
                     Err(sw) => Some(sw),
@@ -923,12 +957,21 @@ impl Card {
             // there too; otherwise the channel opens with nothing selected.
             let _ = self.run_select(idx, target)?;
         }
-        let data = if cmd.p2 == 0 { vec![target as u8] } else { Vec::new() };
+        let data = if cmd.p2 == 0 {
+            vec![target as u8]
+        } else {
+            Vec::new()
+        };
         Ok(Response::ok(data))
     }
 
-    fn to_applet(&mut self, ch: usize, cmd: &Command) -> Result<Response, CardError> {
-        let Some(idx) = self.channels.get(ch).and_then(|c| c.as_ref()).and_then(|c| c.selected) else {
+    fn forward_to_applet(&mut self, ch: usize, cmd: &Command) -> Result<Response, CardError> {
+        let Some(idx) = self
+            .channels
+            .get(ch)
+            .and_then(|c| c.as_ref())
+            .and_then(|c| c.selected)
+        else {
             let sw = if cmd.ins == INS_SELECT && cmd.cla & 0x80 == 0 {
                 Sw::FILE_NOT_FOUND
             } else {
@@ -939,7 +982,14 @@ impl Card {
         // Case 2 with a short Le other than 00 on a T=0-style profile: the response must be
         // exactly Le bytes long, else 6Cxx (and nothing of the command may persist).
         let exact_le = match cmd.le {
-            Some(le) if self.profile.t0_get_response && cmd.data.is_empty() && !cmd.extended && le != 256 => Some(le),
+            Some(le)
+                if self.profile.t0_get_response
+                    && cmd.data.is_empty()
+                    && !cmd.extended
+                    && le != 256 =>
+            {
+                Some(le)
+            }
             _ => None,
         };
         match self.with_applet(idx, ch, exact_le, |applet, ctx| applet.process(ctx, cmd))? {
@@ -953,7 +1003,13 @@ impl Card {
     ///
     /// `exact_le`: when the applet answers fewer (non-zero) bytes than this, the command
     /// is rolled back and answered 6Cxx (ISO/IEC 7816-3 T=0 case 2).
-    fn with_applet<F>(&mut self, idx: usize, ch: usize, exact_le: Option<usize>, f: F) -> Result<Result<Vec<u8>, Sw>, CardError>
+    fn with_applet<F>(
+        &mut self,
+        idx: usize,
+        ch: usize,
+        exact_le: Option<usize>,
+        f: F,
+    ) -> Result<Result<Vec<u8>, Sw>, CardError>
     where
         F: FnOnce(&mut Box<dyn Applet>, &mut Context<'_>) -> Result<Vec<u8>, Sw>,
     {
@@ -1092,7 +1148,9 @@ impl Card {
         });
         let idx = self.instances.len().saturating_sub(1);
         // `with_applet` commits the instance record together with the applet's writes.
-        let r = self.with_applet(idx, 0, None, |applet, ctx| applet.install(ctx, params).map(|_| Vec::new()));
+        let r = self.with_applet(idx, 0, None, |applet, ctx| {
+            applet.install(ctx, params).map(|_| Vec::new())
+        });
         match r {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(sw)) => {
@@ -1212,7 +1270,6 @@ fn store_err(e: crate::store::StoreError) -> OsError {
     let _ = store_sw(e);
     OsError::NotEnoughMemory
 }
-
 
 /// One DEBUG event per exchange on target `tessera::apdu`: the decoded header (CLA, INS,
 /// P1, P2, logical channel), the command and response in hex, and the status word with

@@ -108,7 +108,11 @@ impl Applet for Diag {
                         any = true;
                     }
                 }
-                if any { Ok(out) } else { Err(Sw::RECORD_NOT_FOUND) }
+                if any {
+                    Ok(out)
+                } else {
+                    Err(Sw::RECORD_NOT_FOUND)
+                }
             }
             0x18 => {
                 p1p2_zero(cmd)?;
@@ -156,7 +160,9 @@ impl Applet for Diag {
                 };
                 let mem = ctx.transient(kind);
                 if cmd.data.is_empty() {
-                    mem.get(&b"t"[..]).cloned().ok_or(Sw::REFERENCED_DATA_NOT_FOUND)
+                    mem.get(&b"t"[..])
+                        .cloned()
+                        .ok_or(Sw::REFERENCED_DATA_NOT_FOUND)
                 } else {
                     mem.insert(b"t".to_vec(), cmd.data.clone());
                     Ok(Vec::new())
@@ -180,7 +186,10 @@ impl Applet for Diag {
             0x2A => {
                 p1p2_zero(cmd)?;
                 ctx.put(b"doomed", b"x")?;
-                panic!("diag applet: deliberate panic (INS 2A)");
+                #[allow(clippy::panic)]
+                {
+                    panic!("diag applet: deliberate panic (INS 2A)");
+                }
             }
             0x2C => {
                 p1p2_zero(cmd)?;
@@ -190,7 +199,12 @@ impl Applet for Diag {
         }
     }
 
-    fn service(&mut self, _ctx: &mut Context<'_>, caller: &[u8], request: &[u8]) -> Result<Vec<u8>, Sw> {
+    fn service(
+        &mut self,
+        _ctx: &mut Context<'_>,
+        caller: &[u8],
+        request: &[u8],
+    ) -> Result<Vec<u8>, Sw> {
         let mut out = request.to_vec();
         out.extend_from_slice(caller);
         Ok(out)

@@ -44,7 +44,9 @@ pub enum ImageError {
     Checksum,
     #[error("card image names load files this program does not provide: {0}")]
     MissingLoadFiles(String),
-    #[error("refusing to overwrite {0}: it exists and is not an intact Tessera card image of a supported version")]
+    #[error(
+        "refusing to overwrite {0}: it exists and is not an intact Tessera card image of a supported version"
+    )]
     WouldOverwrite(PathBuf),
     #[error("power is on with a command in progress")]
     Busy,
@@ -75,7 +77,9 @@ pub fn to_bytes(card: &Card) -> Vec<u8> {
 }
 
 fn field<'a>(b: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], ImageError> {
-    let end = at.checked_add(n).ok_or(ImageError::Damaged("length overflow"))?;
+    let end = at
+        .checked_add(n)
+        .ok_or(ImageError::Damaged("length overflow"))?;
     let s = b.get(*at..end).ok_or(ImageError::Damaged("truncated"))?;
     *at = end;
     Ok(s)
@@ -122,10 +126,18 @@ fn parse_frame(bytes: &[u8]) -> Result<(CardProfile, Store), ImageError> {
         return Err(ImageError::Checksum);
     }
     let _flags = field(body, &mut at, 2)?;
-    let plen = u32::from_be_bytes(field(body, &mut at, 4)?.try_into().map_err(|_| ImageError::Damaged("profile length"))?) as usize;
-    let profile: CardProfile =
-        postcard::from_bytes(field(body, &mut at, plen)?).map_err(|_| ImageError::Damaged("profile"))?;
-    let nlen = u64::from_be_bytes(field(body, &mut at, 8)?.try_into().map_err(|_| ImageError::Damaged("nvm length"))?);
+    let plen = u32::from_be_bytes(
+        field(body, &mut at, 4)?
+            .try_into()
+            .map_err(|_| ImageError::Damaged("profile length"))?,
+    ) as usize;
+    let profile: CardProfile = postcard::from_bytes(field(body, &mut at, plen)?)
+        .map_err(|_| ImageError::Damaged("profile"))?;
+    let nlen = u64::from_be_bytes(
+        field(body, &mut at, 8)?
+            .try_into()
+            .map_err(|_| ImageError::Damaged("nvm length"))?,
+    );
     let nlen = usize::try_from(nlen).map_err(|_| ImageError::Damaged("nvm length"))?;
     let nvm = field(body, &mut at, nlen)?.to_vec();
     if at != body.len() {
@@ -173,7 +185,8 @@ pub(crate) fn save(card: &Card, path: &Path, cut_after: Option<usize>) -> Result
     if let Some(k) = cut_after {
         // A crash after k bytes of the temporary file: the target is never touched.
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes.get(..k.min(bytes.len())).unwrap_or(&[])).map_err(io(&tmp))?;
+        f.write_all(bytes.get(..k.min(bytes.len())).unwrap_or(&[]))
+            .map_err(io(&tmp))?;
         return Err(ImageError::Io {
             path: tmp,
             source: std::io::Error::other("simulated crash while saving"),
@@ -224,12 +237,19 @@ impl Card {
     }
 
     #[doc(hidden)]
-    pub fn save_image_cut(&self, path: impl AsRef<Path>, cut_after: usize) -> Result<(), ImageError> {
+    pub fn save_image_cut(
+        &self,
+        path: impl AsRef<Path>,
+        cut_after: usize,
+    ) -> Result<(), ImageError> {
         save(self, path.as_ref(), Some(cut_after))
     }
 
     /// Open an image file.
-    pub fn open_image(path: impl AsRef<Path>, load_files: Vec<LoadFile>) -> Result<Card, ImageError> {
+    pub fn open_image(
+        path: impl AsRef<Path>,
+        load_files: Vec<LoadFile>,
+    ) -> Result<Card, ImageError> {
         open(path.as_ref(), load_files)
     }
 }

@@ -26,6 +26,16 @@
 //! assert_eq!(card.transmit_hex("8001000005").unwrap().data, b"hello");
 //! ```
 #![forbid(unsafe_code)]
+// No panics on paths that APDU bytes or image files reach (tests may unwrap).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 pub mod applet;
 pub mod atr;

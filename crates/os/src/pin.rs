@@ -87,7 +87,8 @@ impl Pin {
         }
         r.tries -= 1;
         ctx.put_immediate(&key(id), &encode(&r))?;
-        let len_ok = subtle::ConstantTimeEq::ct_eq(&(candidate.len() as u64), &(r.value.len() as u64));
+        let len_ok =
+            subtle::ConstantTimeEq::ct_eq(&(candidate.len() as u64), &(r.value.len() as u64));
         let a = padded(candidate);
         let b = padded(&r.value);
         let val_ok = subtle::ConstantTimeEq::ct_eq(&a[..], &b[..]);

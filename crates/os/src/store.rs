@@ -105,27 +105,19 @@ impl Nvm {
 fn replay(log: &[u8]) -> (BTreeMap<Vec<u8>, Vec<u8>>, usize) {
     let mut map = BTreeMap::new();
     let mut at = 0usize;
-    loop {
-        let Some(rest) = log.get(at..) else { break };
-        if rest.is_empty() {
-            break;
-        }
-        match decode_batch(rest) {
-            Some((ops, used)) => {
-                for op in ops {
-                    match op {
-                        (k, Some(v)) => {
-                            map.insert(k, v);
-                        }
-                        (k, None) => {
-                            map.remove(&k);
-                        }
-                    }
+    while let Some(rest) = log.get(at..).filter(|r| !r.is_empty()) {
+        let Some((ops, used)) = decode_batch(rest) else { break };
+        for op in ops {
+            match op {
+                (k, Some(v)) => {
+                    map.insert(k, v);
                 }
-                at += used;
+                (k, None) => {
+                    map.remove(&k);
+                }
             }
-            None => break,
         }
+        at += used;
     }
     (map, at)
 }
@@ -435,7 +427,12 @@ impl Store {
 
     /// Write one record durably right now, in its own batch, outside the open transaction
     /// (PIN and key try counters). The open transaction keeps its other staged writes.
-    pub fn put_immediate(&mut self, ns: u16, key: &[u8], value: &[u8]) -> Result<(), ImmediateError> {
+    pub fn put_immediate(
+        &mut self,
+        ns: u16,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), ImmediateError> {
         let fk = full_key(ns, key);
         let old = self
             .committed
@@ -529,7 +526,10 @@ mod tests {
     #[test]
     fn quota_enforced() {
         let mut s = Store::new(100);
-        assert_eq!(s.put(1, b"k", &[0u8; 200]), Err(StoreError::NotEnoughMemory));
+        assert_eq!(
+            s.put(1, b"k", &[0u8; 200]),
+            Err(StoreError::NotEnoughMemory)
+        );
         s.put(1, b"k", &[0u8; 50]).unwrap();
         s.commit().unwrap();
         assert_eq!(s.usage().used, 2 + 1 + 50 + RECORD_OVERHEAD);
@@ -598,7 +598,10 @@ mod tests {
         s.commit().unwrap();
         s.delete(3, b"log/01");
         s.put(3, b"log/03", b"d").unwrap();
-        assert_eq!(s.keys_with_prefix(3, b"log/"), vec![b"log/02".to_vec(), b"log/03".to_vec()]);
+        assert_eq!(
+            s.keys_with_prefix(3, b"log/"),
+            vec![b"log/02".to_vec(), b"log/03".to_vec()]
+        );
     }
 
     #[test]

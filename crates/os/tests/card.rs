@@ -4,7 +4,8 @@
 use tessera_apdu::{Command, Response, Sw};
 use tessera_os::diag::{self, INSTANCE_AID, MULTI_INSTANCE_AID, conformance_card};
 use tessera_os::{
-    AppState, Applet, Card, CardError, CardState, Context, Interface, LoadFile, Privileges, TearPlan,
+    AppState, Applet, Card, CardError, CardState, Context, Interface, LoadFile, Privileges,
+    TearPlan,
 };
 
 fn h(s: &str) -> Vec<u8> {
@@ -69,10 +70,17 @@ fn probe_card(interface: Interface) -> Card {
         .interface(interface)
         .seed([7; 32])
         .build();
-    card.install("probe", &h("F050524201"), Privileges::default(), b"one").unwrap();
-    card.install("probe", &h("F050524202"), Privileges::default(), b"two").unwrap();
-    card.install("probe", &h("F050524203"), Privileges::default(), b"refuse-select")
+    card.install("probe", &h("F050524201"), Privileges::default(), b"one")
         .unwrap();
+    card.install("probe", &h("F050524202"), Privileges::default(), b"two")
+        .unwrap();
+    card.install(
+        "probe",
+        &h("F050524203"),
+        Privileges::default(),
+        b"refuse-select",
+    )
+    .unwrap();
     card.install(
         "probe",
         &h("F050524204"),
@@ -109,14 +117,31 @@ fn several_instances_of_one_type_with_install_params() {
     assert_eq!(tx(&mut card, "8001000000").data, b"two");
     // Refused installation leaves nothing behind.
     let before = card.memory().used;
-    assert!(card.install("probe", &h("F050524209"), Privileges::default(), b"refuse-install").is_err());
+    assert!(
+        card.install(
+            "probe",
+            &h("F050524209"),
+            Privileges::default(),
+            b"refuse-install"
+        )
+        .is_err()
+    );
     assert_eq!(card.memory().used, before);
     assert_eq!(card.instances().len(), 5);
     assert_eq!(select(&mut card, 0, &h("F050524209")), Sw::FILE_NOT_FOUND);
     // Duplicate AID and bad AID lengths.
-    assert!(card.install("probe", &h("F050524201"), Privileges::default(), b"").is_err());
-    assert!(card.install("probe", &h("F050"), Privileges::default(), b"").is_err());
-    assert!(card.install("nope", &h("F050524208"), Privileges::default(), b"").is_err());
+    assert!(
+        card.install("probe", &h("F050524201"), Privileges::default(), b"")
+            .is_err()
+    );
+    assert!(
+        card.install("probe", &h("F050"), Privileges::default(), b"")
+            .is_err()
+    );
+    assert!(
+        card.install("nope", &h("F050524208"), Privileges::default(), b"")
+            .is_err()
+    );
 }
 
 #[test]
@@ -125,7 +150,10 @@ fn select_reports_interface_and_channel_in_fci() {
         let mut card = probe_card(iface);
         let r = tx(&mut card, "00A4040005F05052420100");
         assert_eq!(r.sw, Sw::OK);
-        assert_eq!(hex::encode_upper(&r.data), format!("6F0B8405F050524201A502{byte:02X}00"));
+        assert_eq!(
+            hex::encode_upper(&r.data),
+            format!("6F0B8405F050524201A502{byte:02X}00")
+        );
         assert_eq!(tx(&mut card, "0070000001").data, vec![1]);
         let r = tx(&mut card, "01A4040005F05052420200");
         assert!(hex::encode_upper(&r.data).ends_with(&format!("A502{byte:02X}01")));
@@ -158,7 +186,10 @@ fn default_instance_selected_on_power_up_and_reset() {
 fn refused_selection_is_6999_and_leaves_no_selection() {
     let mut card = probe_card(Interface::Contact);
     assert_eq!(select(&mut card, 0, &h("F050524201")), Sw::OK);
-    assert_eq!(select(&mut card, 0, &h("F050524203")), Sw::APPLET_SELECT_FAILED);
+    assert_eq!(
+        select(&mut card, 0, &h("F050524203")),
+        Sw::APPLET_SELECT_FAILED
+    );
     // The previous instance was deselected before the new one refused (Java Card).
     assert_eq!(card.selected_aid(0), None);
     assert_eq!(tx(&mut card, "8001000000").sw, Sw::COMMAND_NOT_ALLOWED);
@@ -172,18 +203,24 @@ fn refused_selection_is_6999_and_leaves_no_selection() {
 fn application_life_cycle() {
     let mut card = probe_card(Interface::Contact);
     assert_eq!(select(&mut card, 0, &h("F050524201")), Sw::OK);
-    card.set_app_state(&h("F050524201"), AppState::Locked).unwrap();
+    card.set_app_state(&h("F050524201"), AppState::Locked)
+        .unwrap();
     assert_eq!(card.selected_aid(0), None);
     assert_eq!(select(&mut card, 0, &h("F050524201")), Sw::FILE_NOT_FOUND);
     // A locked instance is skipped by partial selection.
     let r = tx(&mut card, "00A4040004F050524200");
     assert_eq!(r.sw, Sw::OK);
     assert_eq!(card.selected_aid(0), Some(h("F050524202")));
-    assert!(card.set_app_state(&h("F050524201"), AppState::Installed).is_err());
-    card.set_app_state(&h("F050524201"), AppState::Selectable).unwrap();
+    assert!(
+        card.set_app_state(&h("F050524201"), AppState::Installed)
+            .is_err()
+    );
+    card.set_app_state(&h("F050524201"), AppState::Selectable)
+        .unwrap();
     assert_eq!(select(&mut card, 0, &h("F050524201")), Sw::OK);
     // The state is persistent.
-    card.set_app_state(&h("F050524202"), AppState::Locked).unwrap();
+    card.set_app_state(&h("F050524202"), AppState::Locked)
+        .unwrap();
     card.power_off();
     card.power_on();
     assert_eq!(select(&mut card, 0, &h("F050524202")), Sw::FILE_NOT_FOUND);
@@ -201,12 +238,21 @@ fn card_life_cycle() {
     assert_eq!(select(&mut card, 0, &INSTANCE_AID), Sw::FILE_NOT_FOUND);
     card.reset();
     assert_eq!(card.selected_aid(0), None);
-    assert!(card.install("probe", &h("F050524207"), Privileges::default(), b"").is_err());
+    assert!(
+        card.install("probe", &h("F050524207"), Privileges::default(), b"")
+            .is_err()
+    );
     card.set_life_cycle(CardState::Secured).unwrap();
     assert_eq!(select(&mut card, 0, &INSTANCE_AID), Sw::OK);
     card.set_life_cycle(CardState::Terminated).unwrap();
-    assert_eq!(tx(&mut card, "8010000001AA00").sw, Sw::CONDITIONS_NOT_SATISFIED);
-    assert_eq!(select(&mut card, 0, &INSTANCE_AID), Sw::CONDITIONS_NOT_SATISFIED);
+    assert_eq!(
+        tx(&mut card, "8010000001AA00").sw,
+        Sw::CONDITIONS_NOT_SATISFIED
+    );
+    assert_eq!(
+        select(&mut card, 0, &INSTANCE_AID),
+        Sw::CONDITIONS_NOT_SATISFIED
+    );
     assert!(card.set_life_cycle(CardState::Secured).is_err());
     card.power_off();
     card.power_on();
@@ -218,7 +264,10 @@ fn applets_lock_and_terminate_with_privilege_only() {
     let mut card = probe_card(Interface::Contact);
     card.set_life_cycle(CardState::Secured).unwrap();
     assert_eq!(select(&mut card, 0, &h("F050524201")), Sw::OK);
-    assert_eq!(tx(&mut card, "80020000").sw, Sw::SECURITY_STATUS_NOT_SATISFIED);
+    assert_eq!(
+        tx(&mut card, "80020000").sw,
+        Sw::SECURITY_STATUS_NOT_SATISFIED
+    );
     assert_eq!(card.life_cycle(), CardState::Secured);
     assert_eq!(select(&mut card, 0, &h("F050524204")), Sw::OK);
     assert_eq!(tx(&mut card, "80020000").sw, Sw::OK);
@@ -247,7 +296,10 @@ fn firewall_keeps_instances_apart() {
     // Cross-instance calls only through the service interface, which names the caller.
     let r = tx(&mut card, "802C000007F054455353010200");
     assert_eq!(r.data, [b"ping".as_slice(), &INSTANCE_AID].concat());
-    assert_eq!(tx(&mut card, "802C000007F054455353010900").sw, Sw::FILE_NOT_FOUND);
+    assert_eq!(
+        tx(&mut card, "802C000007F054455353010900").sw,
+        Sw::FILE_NOT_FOUND
+    );
 }
 
 #[test]
@@ -261,13 +313,20 @@ fn deleting_an_instance_frees_its_memory() {
     assert_eq!(card.selected_aid(0), None);
     assert!(card.memory().used < empty);
     assert!(card.memory().peak >= card.memory().used);
-    assert_eq!(select(&mut card, 0, &MULTI_INSTANCE_AID), Sw::FILE_NOT_FOUND);
+    assert_eq!(
+        select(&mut card, 0, &MULTI_INSTANCE_AID),
+        Sw::FILE_NOT_FOUND
+    );
 }
 
 #[test]
 fn memory_quota_is_enforced_per_card() {
-    let mut card = Card::builder().load_file(diag::load_file()).memory_quota(600).build();
-    card.install("diag", &INSTANCE_AID, Privileges::default(), &[]).unwrap();
+    let mut card = Card::builder()
+        .load_file(diag::load_file())
+        .memory_quota(600)
+        .build();
+    card.install("diag", &INSTANCE_AID, Privileges::default(), &[])
+        .unwrap();
     card.power_on();
     assert_eq!(select(&mut card, 0, &INSTANCE_AID), Sw::OK);
     let mut id = 0u8;
@@ -284,7 +343,10 @@ fn memory_quota_is_enforced_per_card() {
     assert!(m.used <= m.quota && m.free == m.quota - m.used, "{m:?}");
     // The failing command wrote nothing.
     let cmd = Command::new(0x80, 0x16, id, 0).with_le(256);
-    assert_eq!(card.transmit_command(&cmd).unwrap().sw, Sw::RECORD_NOT_FOUND);
+    assert_eq!(
+        card.transmit_command(&cmd).unwrap().sw,
+        Sw::RECORD_NOT_FOUND
+    );
 }
 
 // ---------------------------------------------------------------- channels, chaining
@@ -296,25 +358,46 @@ fn twenty_channels_and_no_more() {
         assert_eq!(tx(&mut card, "0070000001").data, vec![n]);
     }
     assert_eq!(card.open_channels().len(), 20);
-    assert_eq!(tx(&mut card, "0070000001").sw, Sw::LOGICAL_CHANNEL_NOT_SUPPORTED);
+    assert_eq!(
+        tx(&mut card, "0070000001").sw,
+        Sw::LOGICAL_CHANNEL_NOT_SUPPORTED
+    );
     // Every channel in both class forms reaches the multi-selectable instance.
     for ch in 0..20u8 {
-        assert_eq!(select(&mut card, ch, &MULTI_INSTANCE_AID), Sw::OK, "channel {ch}");
+        assert_eq!(
+            select(&mut card, ch, &MULTI_INSTANCE_AID),
+            Sw::OK,
+            "channel {ch}"
+        );
         let cla = tessera_apdu::ClassByte::encode(true, false, ch).unwrap();
         let cmd = Command::new(cla, 0x10, 0, 0).with_data(vec![ch]).with_le(1);
         assert_eq!(card.transmit_command(&cmd).unwrap().data, vec![ch]);
     }
     // A card profile with fewer channels refuses the others with 6881.
-    let mut profile = tessera_os::CardProfile::default();
-    profile.max_channels = 4;
-    let mut small = Card::builder().profile(profile).load_file(diag::load_file()).build();
+    let profile = tessera_os::CardProfile {
+        max_channels: 4,
+        ..Default::default()
+    };
+    let mut small = Card::builder()
+        .profile(profile)
+        .load_file(diag::load_file())
+        .build();
     small.power_on();
     for n in 1..4u8 {
         assert_eq!(tx(&mut small, "0070000001").data, vec![n]);
     }
-    assert_eq!(tx(&mut small, "0070000001").sw, Sw::LOGICAL_CHANNEL_NOT_SUPPORTED);
-    assert_eq!(tx(&mut small, "00700005").sw, Sw::LOGICAL_CHANNEL_NOT_SUPPORTED);
-    assert_eq!(tx(&mut small, "4010000000").sw, Sw::LOGICAL_CHANNEL_NOT_SUPPORTED);
+    assert_eq!(
+        tx(&mut small, "0070000001").sw,
+        Sw::LOGICAL_CHANNEL_NOT_SUPPORTED
+    );
+    assert_eq!(
+        tx(&mut small, "00700005").sw,
+        Sw::LOGICAL_CHANNEL_NOT_SUPPORTED
+    );
+    assert_eq!(
+        tx(&mut small, "4010000000").sw,
+        Sw::LOGICAL_CHANNEL_NOT_SUPPORTED
+    );
 }
 
 #[test]
@@ -326,24 +409,34 @@ fn oversize_chain_is_6700() {
     for _ in 0..256 {
         assert_eq!(card.transmit_command(&part).unwrap().sw, Sw::OK);
     }
-    let last = Command::new(0x80, 0x10, 0, 0).with_data(vec![0xAB; 255]).with_le(65536);
+    let last = Command::new(0x80, 0x10, 0, 0)
+        .with_data(vec![0xAB; 255])
+        .with_le(65536);
     let r = card.transmit_command(&last).unwrap();
     assert_eq!((r.sw, r.data.len()), (Sw::OK, 65535));
     // One byte more: 6700 and the chain is dropped.
     for _ in 0..256 {
         assert_eq!(card.transmit_command(&part).unwrap().sw, Sw::OK);
     }
-    let over = Command::new(0x80, 0x10, 0, 0).with_data(vec![0xAB; 256]).with_le(65536);
+    let over = Command::new(0x80, 0x10, 0, 0)
+        .with_data(vec![0xAB; 256])
+        .with_le(65536);
     assert_eq!(card.transmit_command(&over).unwrap().sw, Sw::WRONG_LENGTH);
     assert_eq!(tx(&mut card, "8010000001CC00").data, vec![0xCC]);
 }
 
 #[test]
 fn t1_profile_returns_data_without_le_and_no_6c() {
-    let mut profile = tessera_os::CardProfile::default();
-    profile.t0_get_response = false;
-    let mut card = Card::builder().profile(profile).load_file(diag::load_file()).build();
-    card.install("diag", &INSTANCE_AID, Privileges::default(), &[]).unwrap();
+    let profile = tessera_os::CardProfile {
+        t0_get_response: false,
+        ..Default::default()
+    };
+    let mut card = Card::builder()
+        .profile(profile)
+        .load_file(diag::load_file())
+        .build();
+    card.install("diag", &INSTANCE_AID, Privileges::default(), &[])
+        .unwrap();
     card.power_on();
     assert_eq!(select(&mut card, 0, &INSTANCE_AID), Sw::OK);
     // Le absent: the data comes back directly.
@@ -400,7 +493,11 @@ fn tearing_at_every_byte_of_a_multi_write_command() {
         card.power_on();
         assert!(card.store_consistent(), "cut at {k}");
         let value = read_record(&mut card);
-        let expected = if k < written { h("112233") } else { h("AABBCCDDEEFF010203") };
+        let expected = if k < written {
+            h("112233")
+        } else {
+            h("AABBCCDDEEFF010203")
+        };
         assert_eq!(value, expected, "cut at {k}");
     }
 }
@@ -412,7 +509,10 @@ fn tearing_after_commit_before_response() {
         after_bytes: None,
         after_commit: true,
     });
-    assert_eq!(card.transmit_hex("8014010002ABCD"), Err(CardError::PowerLost));
+    assert_eq!(
+        card.transmit_hex("8014010002ABCD"),
+        Err(CardError::PowerLost)
+    );
     card.power_on();
     assert!(card.store_consistent());
     // The host never saw the answer, but the command took effect.
@@ -443,7 +543,11 @@ fn tearing_the_counter_never_leaves_halves() {
         // 6581 would mean the two halves disagree.
         let r = card.process(&cmd).unwrap();
         let expected = if k < written { 1u32 } else { 2 };
-        assert_eq!((r.sw, r.data), (Sw::OK, expected.to_be_bytes().to_vec()), "cut at {k}");
+        assert_eq!(
+            (r.sw, r.data),
+            (Sw::OK, expected.to_be_bytes().to_vec()),
+            "cut at {k}"
+        );
     }
 }
 
@@ -482,7 +586,10 @@ fn tearing_a_pin_verify_never_gives_a_free_try() {
                 assert_eq!(r, Err(CardError::PowerLost), "cut at {k}");
                 // Either the decrement was lost together with the comparison (counter
                 // intact, nothing learnt), or it persisted: never a gain.
-                assert!(left == Sw(0x63C2) || left == Sw(0x63C1), "cut at {k}: {left:?}");
+                assert!(
+                    left == Sw(0x63C2) || left == Sw(0x63C1),
+                    "cut at {k}: {left:?}"
+                );
             }
         }
     }
@@ -513,7 +620,9 @@ fn try_counter_is_durable_before_the_comparison() {
 #[test]
 fn per_card_atr_and_power() {
     let mut a = Card::builder().historical_bytes(b"CARD-A".to_vec()).build();
-    let mut b = Card::builder().historical_bytes(b"CARD-B-LONGER".to_vec()).build();
+    let mut b = Card::builder()
+        .historical_bytes(b"CARD-B-LONGER".to_vec())
+        .build();
     let atr_a = a.power_on();
     let atr_b = b.power_on();
     assert_ne!(atr_a, atr_b);
@@ -544,7 +653,8 @@ fn seeded_cards_replay_and_entropy_cards_differ() {
     // Without a seed: OS entropy.
     let fresh = || {
         let mut c = Card::builder().load_file(diag::load_file()).build();
-        c.install("diag", &INSTANCE_AID, Privileges::default(), &[]).unwrap();
+        c.install("diag", &INSTANCE_AID, Privileges::default(), &[])
+            .unwrap();
         c.power_on();
         c
     };

@@ -12,7 +12,12 @@ fn lfs() -> Vec<tessera_os::LoadFile> {
 /// A conformance card with some memory content: record 1 and a PIN in diag.
 fn populated() -> Card {
     let mut card = conformance_card();
-    for apdu in ["00A4040C07F0544553530101", "8014010003AABBCC", "801A0000050331323334", "802000000439393939"] {
+    for apdu in [
+        "00A4040C07F0544553530101",
+        "8014010003AABBCC",
+        "801A0000050331323334",
+        "802000000439393939",
+    ] {
         assert!(card.transmit_hex(apdu).unwrap().sw.sw1() != 0x6A);
     }
     card
@@ -20,7 +25,10 @@ fn populated() -> Card {
 
 fn read_back(card: &mut Card) -> (Vec<u8>, Sw) {
     card.power_on();
-    assert_eq!(card.transmit_hex("00A4040C07F0544553530101").unwrap().sw, Sw::OK);
+    assert_eq!(
+        card.transmit_hex("00A4040C07F0544553530101").unwrap().sw,
+        Sw::OK
+    );
     let rec = card.transmit_hex("8016010000").unwrap().data;
     let pin = card.transmit_hex("802000000439393939").unwrap().sw;
     (rec, pin)
@@ -87,26 +95,41 @@ fn structural_damage_with_a_valid_checksum_is_refused() {
     // Another version.
     let mut v2 = body.clone();
     v2[8..10].copy_from_slice(&2u16.to_be_bytes());
-    assert!(matches!(Card::from_image_bytes(&with_crc(v2), lfs()), Err(ImageError::UnsupportedVersion(2))));
+    assert!(matches!(
+        Card::from_image_bytes(&with_crc(v2), lfs()),
+        Err(ImageError::UnsupportedVersion(2))
+    ));
     // Trailing bytes.
     let mut trailing = body.clone();
     trailing.push(0);
-    assert!(matches!(Card::from_image_bytes(&with_crc(trailing), lfs()), Err(ImageError::Damaged(_))));
+    assert!(matches!(
+        Card::from_image_bytes(&with_crc(trailing), lfs()),
+        Err(ImageError::Damaged(_))
+    ));
     // A profile length that runs past the end.
     let mut plen = body.clone();
     plen[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
-    assert!(matches!(Card::from_image_bytes(&with_crc(plen), lfs()), Err(ImageError::Damaged(_))));
+    assert!(matches!(
+        Card::from_image_bytes(&with_crc(plen), lfs()),
+        Err(ImageError::Damaged(_))
+    ));
     // A memory log whose last batch is torn.
     let mut torn = body.clone();
     let last = torn.len() - 1;
     torn[last] ^= 0x55;
-    assert!(matches!(Card::from_image_bytes(&with_crc(torn), lfs()), Err(ImageError::Damaged(_))));
+    assert!(matches!(
+        Card::from_image_bytes(&with_crc(torn), lfs()),
+        Err(ImageError::Damaged(_))
+    ));
     // Load files this program does not have.
     assert!(matches!(
         Card::from_image_bytes(&bytes, vec![diag::load_file()]),
         Err(ImageError::MissingLoadFiles(_))
     ));
-    assert!(matches!(Card::from_image_bytes(b"hello world, not a card", lfs()), Err(ImageError::NotAnImage)));
+    assert!(matches!(
+        Card::from_image_bytes(b"hello world, not a card", lfs()),
+        Err(ImageError::NotAnImage)
+    ));
 }
 
 #[test]
@@ -123,9 +146,15 @@ fn files_save_open_and_are_never_clobbered() {
     // A file that is not an image is never overwritten.
     let other = dir.path().join("notes.txt");
     std::fs::write(&other, b"precious").unwrap();
-    assert!(matches!(card.save_image(&other), Err(ImageError::WouldOverwrite(_))));
+    assert!(matches!(
+        card.save_image(&other),
+        Err(ImageError::WouldOverwrite(_))
+    ));
     assert_eq!(std::fs::read(&other).unwrap(), b"precious");
-    assert!(matches!(Card::open_image(&other, lfs()), Err(ImageError::NotAnImage)));
+    assert!(matches!(
+        Card::open_image(&other, lfs()),
+        Err(ImageError::NotAnImage)
+    ));
 
     // A damaged image is refused on open and not overwritten on save.
     let damaged = dir.path().join("damaged.tsra");
@@ -133,8 +162,14 @@ fn files_save_open_and_are_never_clobbered() {
     let n = bytes.len();
     bytes[n / 2] ^= 0x10;
     std::fs::write(&damaged, &bytes).unwrap();
-    assert!(matches!(Card::open_image(&damaged, lfs()), Err(ImageError::Checksum)));
-    assert!(matches!(card.save_image(&damaged), Err(ImageError::WouldOverwrite(_))));
+    assert!(matches!(
+        Card::open_image(&damaged, lfs()),
+        Err(ImageError::Checksum)
+    ));
+    assert!(matches!(
+        card.save_image(&damaged),
+        Err(ImageError::WouldOverwrite(_))
+    ));
     assert_eq!(std::fs::read(&damaged).unwrap(), bytes);
 
     // A missing file is an I/O error naming the path.
@@ -169,9 +204,15 @@ fn many_cards_in_one_process_are_independent() {
     let mut a = populated();
     let mut b = Card::from_image_bytes(&a.to_image_bytes(), lfs()).unwrap();
     b.power_on();
-    assert_eq!(b.transmit_hex("00A4040C07F0544553530101").unwrap().sw, Sw::OK);
+    assert_eq!(
+        b.transmit_hex("00A4040C07F0544553530101").unwrap().sw,
+        Sw::OK
+    );
     assert_eq!(b.transmit_hex("8014010001EE").unwrap().sw, Sw::OK);
-    assert_eq!(a.transmit_hex("8016010000").unwrap().data, vec![0xAA, 0xBB, 0xCC]);
+    assert_eq!(
+        a.transmit_hex("8016010000").unwrap().data,
+        vec![0xAA, 0xBB, 0xCC]
+    );
     assert_eq!(b.transmit_hex("8016010000").unwrap().data, vec![0xEE]);
     let _ = INSTANCE_AID;
 }

@@ -40,7 +40,8 @@ fn parse_data_pattern(text: &str) -> Vec<Pat> {
                 i += 2;
             }
         } else {
-            let byte = u8::from_str_radix(&text[i..i + 2], 16).unwrap_or_else(|_| panic!("bad hex in {text}"));
+            let byte = u8::from_str_radix(&text[i..i + 2], 16)
+                .unwrap_or_else(|_| panic!("bad hex in {text}"));
             out.push(Pat::Byte(byte));
             i += 2;
         }
@@ -59,11 +60,17 @@ fn matches(pat: &[Pat], data: &[u8]) -> bool {
 
 fn sw_matches(pat: &str, sw: u16) -> bool {
     let got = format!("{sw:04X}");
-    pat.len() == 4 && pat.chars().zip(got.chars()).all(|(p, g)| p == 'x' || p == 'X' || p.eq_ignore_ascii_case(&g))
+    pat.len() == 4
+        && pat
+            .chars()
+            .zip(got.chars())
+            .all(|(p, g)| p == 'x' || p == 'X' || p.eq_ignore_ascii_case(&g))
 }
 
 fn run_script(name: &str) -> usize {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../test-vectors/scripts").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../test-vectors/scripts")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut card = conformance_card();
     let mut exchanges = 0;
@@ -76,12 +83,15 @@ fn run_script(name: &str) -> usize {
             card.reset();
             continue;
         }
-        let (cmd, expect) = line.split_once("=>").unwrap_or_else(|| panic!("{name}:{}: no =>", n + 1));
+        let (cmd, expect) = line
+            .split_once("=>")
+            .unwrap_or_else(|| panic!("{name}:{}: no =>", n + 1));
         let apdu = hex::decode(cmd.split_whitespace().collect::<String>()).unwrap();
         let expect: String = expect.split_whitespace().collect();
         let (data_pat, sw_pat) = expect.split_at(expect.len() - 4);
         let resp = card.process(&apdu).unwrap();
-        let ok = matches(&parse_data_pattern(data_pat), &resp.data) && sw_matches(sw_pat, resp.sw.0);
+        let ok =
+            matches(&parse_data_pattern(data_pat), &resp.data) && sw_matches(sw_pat, resp.sw.0);
         assert!(
             ok,
             "{name}:{}: {}\n  expected {expect}\n  got      {}{:04X}",
@@ -129,7 +139,9 @@ script_test!(transaction, "transaction.apdu");
 fn every_script_is_listed() {
     // The scripts this crate owns are all run above.
     for s in SCRIPTS {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../test-vectors/scripts").join(s);
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../test-vectors/scripts")
+            .join(s);
         assert!(path.exists(), "{}", path.display());
     }
 }

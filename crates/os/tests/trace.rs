@@ -18,13 +18,17 @@ mod capture {
     use tracing::span::{Attributes, Id, Record};
     use tracing::{Event, Metadata, Subscriber};
 
+    /// Field name and value pairs of one event.
+    pub type EventFields = Vec<(String, String)>;
+
     #[derive(Clone, Default)]
-    pub struct Capture(pub Arc<Mutex<Vec<Vec<(String, String)>>>>);
+    pub struct Capture(pub Arc<Mutex<Vec<EventFields>>>);
 
     struct Fields(Vec<(String, String)>);
     impl Visit for Fields {
         fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-            self.0.push((field.name().to_string(), format!("{value:?}")));
+            self.0
+                .push((field.name().to_string(), format!("{value:?}")));
         }
         fn record_str(&mut self, field: &Field, value: &str) {
             self.0.push((field.name().to_string(), value.to_string()));

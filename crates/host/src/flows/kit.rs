@@ -174,3 +174,193 @@ pub fn issue_sam<S: Transport + ?Sized>(issuer: &mut S, params: &SamParams) -> R
     let data = personalise_sam(&mut card, issuer, params.role)?;
     Ok((card, data))
 }
+
+/// A complete in-process scheme for tests and benchmarks: an issuer SAM, a terminal SAM
+/// and purse cards, all with fixed RNG seeds (reproducible), SAMs open.
+pub struct World {
+    pub issuer: Card,
+    pub terminal: Card,
+    pub purses: Vec<Card>,
+    pub issuer_pin: Vec<u8>,
+    pub terminal_pin: Vec<u8>,
+}
+
+/// Image bytes of a [`World`], to restore fresh copies cheaply (one personalisation, many
+/// test cases).
+#[derive(Clone)]
+pub struct WorldImages {
+    issuer: Vec<u8>,
+    terminal: Vec<u8>,
+    purses: Vec<Vec<u8>>,
+    issuer_pin: Vec<u8>,
+    terminal_pin: Vec<u8>,
+}
+
+fn seed(tag: u8, n: u8) -> [u8; 32] {
+    let mut s = [0u8; 32];
+    s[0] = tag;
+    s[1] = n;
+    s[31] = 0x5A;
+    s
+}
+
+impl World {
+    /// An issuer SAM (ID 00000001), a terminal SAM (ID 00000002) and `n` purses made from
+    /// `template` (card IDs 04 00 00 00 00 00 i+1), all personalised.
+    pub fn new(n: usize, template: &PurseParams) -> Result<World, KitError> {
+        let issuer_pin = b"4242".to_vec();
+        let mut issuer = new_issuer_sam(&SamParams {
+            sam_id: [0, 0, 0, 1],
+            role: role::ISSUER,
+            pin: issuer_pin.clone(),
+            journal_capacity: 4000,
+            seed: Some(seed(1, 0)),
+            ..Default::default()
+        })?;
+        open_sam(&mut issuer, &issuer_pin)?;
+        let terminal_pin = DEFAULT_SAM_PIN.to_vec();
+        let (terminal, _) = issue_sam(
+            &mut issuer,
+            &SamParams {
+                sam_id: [0, 0, 0, 2],
+                role: role::TERMINAL,
+                pin: terminal_pin.clone(),
+                journal_capacity: 4000,
+                seed: Some(seed(2, 0)),
+                ..Default::default()
+            },
+        )?;
+        let mut purses = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut p = template.clone();
+            let serial = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            p.card_id = vec![0x04, 0x00, 0x00];
+            p.card_id.extend_from_slice(&serial.to_be_bytes());
+            p.seed = Some(seed(3, u8::try_from(i % 256).unwrap_or(0)));
+            purses.push(issue_purse(&mut issuer, &p)?.0);
+        }
+        Ok(World {
+            issuer,
+            terminal,
+            purses,
+            issuer_pin,
+            terminal_pin,
+        })
+    }
+
+    pub fn images(&self) -> WorldImages {
+        WorldImages {
+            issuer: self.issuer.to_image_bytes(),
+            terminal: self.terminal.to_image_bytes(),
+            purses: self.purses.iter().map(|c| c.to_image_bytes()).collect(),
+            issuer_pin: self.issuer_pin.clone(),
+            terminal_pin: self.terminal_pin.clone(),
+        }
+    }
+
+    /// Flow options carrying the issuer SAM PIN (for lost-answer recovery at the SAM).
+    pub fn issuer_opts(&self) -> super::FlowOptions {
+        super::FlowOptions {
+            sam_pin: Some(self.issuer_pin.clone()),
+        }
+    }
+
+    /// Flow options carrying the terminal SAM PIN.
+    pub fn terminal_opts(&self) -> super::FlowOptions {
+        super::FlowOptions {
+            sam_pin: Some(self.terminal_pin.clone()),
+        }
+    }
+}
+
+impl WorldImages {
+    /// Fresh chips from the images: powered on, SAMs open.
+    pub fn restore(&self) -> Result<World, KitError> {
+        let open = |b: &[u8]| -> Result<Card, KitError> {
+            let mut c = Card::from_image_bytes(b, load_files()).map_err(|e| KitError::Install(OsError::Image(e)))?;
+            c.power_on();
+            Ok(c)
+        };
+        let mut issuer = open(&self.issuer)?;
+        open_sam(&mut issuer, &self.issuer_pin)?;
+        let mut terminal = open(&self.terminal)?;
+        open_sam(&mut terminal, &self.terminal_pin)?;
+        let purses = self.purses.iter().map(|b| open(b)).collect::<Result<Vec<_>, _>>()?;
+        Ok(World {
+            issuer,
+            terminal,
+            purses,
+            issuer_pin: self.issuer_pin.clone(),
+            terminal_pin: self.terminal_pin.clone(),
+        })
+    }
+}
+
+/// A transport around an in-process card that records every command APDU and can cut the
+/// card's power during the next command with a given INS (tearing tests).
+pub struct Tap<'a> {
+    pub card: &'a mut Card,
+    /// Every command APDU sent, in order.
+    pub sent: Vec<Vec<u8>>,
+    arm: Option<(u8, tessera_os::TearPlan)>,
+    /// Set when an armed command lost power.
+    pub cut: bool,
+    /// Set when the armed command was sent (whether or not it was cut).
+    pub fired: bool,
+}
+
+impl<'a> Tap<'a> {
+    pub fn new(card: &'a mut Card) -> Self {
+        Tap {
+            card,
+            sent: Vec::new(),
+            arm: None,
+            cut: false,
+            fired: false,
+        }
+    }
+
+    /// Cut power during the next command whose INS is `ins`, as `plan` says.
+    pub fn arm(mut self, ins: u8, plan: tessera_os::TearPlan) -> Self {
+        self.arm = Some((ins, plan));
+        self
+    }
+
+    /// The last command APDU sent with this INS.
+    pub fn last_with_ins(&self, ins: u8) -> Option<&Vec<u8>> {
+        self.sent.iter().rev().find(|a| a.get(1) == Some(&ins))
+    }
+}
+
+impl Transport for Tap<'_> {
+    fn transmit_raw(&mut self, apdu: &[u8]) -> Result<Vec<u8>, crate::transport::TransportError> {
+        self.sent.push(apdu.to_vec());
+        let armed = match self.arm {
+            Some((ins, plan)) if apdu.get(1) == Some(&ins) => {
+                self.arm = None;
+                self.fired = true;
+                self.card.arm_tear(plan);
+                true
+            }
+            _ => false,
+        };
+        let r = Transport::transmit_raw(&mut *self.card, apdu);
+        if armed {
+            match &r {
+                Err(crate::transport::TransportError::NoResponse) => self.cut = true,
+                // Not cut: disarm what is left of the budget.
+                _ => self.card.arm_tear(tessera_os::TearPlan::default()),
+            }
+        }
+        r
+    }
+    fn reset(&mut self) -> Result<Vec<u8>, crate::transport::TransportError> {
+        Transport::reset(&mut *self.card)
+    }
+    fn atr(&mut self) -> Result<Vec<u8>, crate::transport::TransportError> {
+        Transport::atr(&mut *self.card)
+    }
+    fn power_off(&mut self) -> Result<(), crate::transport::TransportError> {
+        Transport::power_off(&mut *self.card)
+    }
+}
