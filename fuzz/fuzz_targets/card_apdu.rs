@@ -32,7 +32,9 @@ fuzz_target!(|data: &[u8]| {
                 assert!(card.store_consistent());
             }
             0xFE | 0xFF => {
-                let Some((&k, tail)) = rest.split_first() else { break };
+                let Some((&k, tail)) = rest.split_first() else {
+                    break;
+                };
                 rest = tail;
                 card.arm_tear(TearPlan {
                     after_bytes: Some(u64::from(k)),

@@ -5,7 +5,10 @@ use tessera_os::LoadFile;
 
 /// Every load file this program provides.
 pub fn load_files() -> Vec<LoadFile> {
-    let mut v = vec![tessera_os::diag::load_file(), tessera_os::diag::load_file_multi()];
+    let mut v = vec![
+        tessera_os::diag::load_file(),
+        tessera_os::diag::load_file_multi(),
+    ];
     v.extend(tessera_host::flows::kit::load_files());
     v
 }

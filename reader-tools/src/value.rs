@@ -298,14 +298,25 @@ fn money(amount: u64, currency: u16) -> String {
     if currency == 392 {
         format!("{amount} JPY")
     } else {
-        format!("{}.{:02} {}", amount / 100, amount % 100, currency_code(currency))
+        format!(
+            "{}.{:02} {}",
+            amount / 100,
+            amount % 100,
+            currency_code(currency)
+        )
     }
 }
 
 fn parse_hex_n<const N: usize>(what: &str, s: &str) -> CliResult<[u8; N]> {
     let v = hex::decode(s.trim()).map_err(|e| format!("{what}: invalid hex {s:?}: {e}"))?;
-    <[u8; N]>::try_from(v.as_slice())
-        .map_err(|_| format!("{what}: expected {N} bytes ({} hex digits), got {}", 2 * N, v.len()).into())
+    <[u8; N]>::try_from(v.as_slice()).map_err(|_| {
+        format!(
+            "{what}: expected {N} bytes ({} hex digits), got {}",
+            2 * N,
+            v.len()
+        )
+        .into()
+    })
 }
 
 fn flow_err(what: &str, e: FlowError) -> Box<dyn std::error::Error + Send + Sync> {
@@ -315,7 +326,10 @@ fn flow_err(what: &str, e: FlowError) -> Box<dyn std::error::Error + Send + Sync
 /// Write a file atomically (temp file in the same directory, fsync, rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> CliResult {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .ok_or_else(|| format!("{}: not a file name", path.display()))?
@@ -356,9 +370,15 @@ struct Scheme {
 impl Scheme {
     fn load(dir: &Path) -> CliResult<Scheme> {
         let p = dir.join(SCHEME_FILE);
-        let text = std::fs::read_to_string(&p)
-            .map_err(|e| format!("no scheme in {}: cannot read {}: {e} (run `tessera scheme init`)", dir.display(), p.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: not a scheme file: {e}", p.display()).into())
+        let text = std::fs::read_to_string(&p).map_err(|e| {
+            format!(
+                "no scheme in {}: cannot read {}: {e} (run `tessera scheme init`)",
+                dir.display(),
+                p.display()
+            )
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not a scheme file: {e}", p.display()).into())
     }
     fn save(&self, dir: &Path) -> CliResult {
         let text = serde_json::to_string_pretty(self)?;
@@ -371,8 +391,12 @@ impl Scheme {
     fn open_issuer(&self, dir: &Path, pin_override: Option<&str>) -> CliResult<(Target, Vec<u8>)> {
         let path = self.issuer_path(dir);
         let mut t = Target::open(Some(&path), None)?;
-        let pin = pin_override.unwrap_or(&self.issuer_sam_pin).as_bytes().to_vec();
-        flows::open_sam(t.transport(), &pin).map_err(|e| format!("issuer SAM {}: {e}", path.display()))?;
+        let pin = pin_override
+            .unwrap_or(&self.issuer_sam_pin)
+            .as_bytes()
+            .to_vec();
+        flows::open_sam(t.transport(), &pin)
+            .map_err(|e| format!("issuer SAM {}: {e}", path.display()))?;
         Ok((t, pin))
     }
 }
@@ -384,23 +408,36 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
 
     let dir = &a.dir;
     if dir.join(SCHEME_FILE).exists() {
-        return Err(format!("{} already holds a scheme ({SCHEME_FILE} exists)", dir.display()).into());
+        return Err(format!(
+            "{} already holds a scheme ({SCHEME_FILE} exists)",
+            dir.display()
+        )
+        .into());
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let mut rng = CardRng::from_entropy();
 
     // Root CA: RSA-2048 and a self-signed certificate.
-    let root_key = RsaPrivateKey::generate(2048, &mut rng).map_err(|e| format!("root CA key generation: {e}"))?;
+    let root_key = RsaPrivateKey::generate(2048, &mut rng)
+        .map_err(|e| format!("root CA key generation: {e}"))?;
     let t0 = SystemTime::now();
     let t1 = t0 + Duration::from_secs(10 * 365 * 86_400);
-    let root_cert = x509::issue_self_signed(&root_key, &x509::CertificateParams::ca("Tessera Demo Root", 1, t0, t1))
-        .map_err(|e| format!("root CA certificate: {e}"))?;
-    let key_der = root_key.to_pkcs8_der().map_err(|e| format!("root CA key encoding: {e}"))?;
+    let root_cert = x509::issue_self_signed(
+        &root_key,
+        &x509::CertificateParams::ca("Tessera Demo Root", 1, t0, t1),
+    )
+    .map_err(|e| format!("root CA certificate: {e}"))?;
+    let key_der = root_key
+        .to_pkcs8_der()
+        .map_err(|e| format!("root CA key encoding: {e}"))?;
     write_atomic(&dir.join(ROOT_KEY_FILE), &key_der)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(dir.join(ROOT_KEY_FILE), std::fs::Permissions::from_mode(0o600));
+        let _ = std::fs::set_permissions(
+            dir.join(ROOT_KEY_FILE),
+            std::fs::Permissions::from_mode(0o600),
+        );
     }
     write_atomic(&dir.join(ROOT_CERT_FILE), root_cert.to_der())?;
 
@@ -422,17 +459,25 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
         ..Default::default()
     })
     .map_err(|e| format!("creating the issuer SAM: {e}"))?;
-    let data = flows::open_sam(&mut issuer, pin.as_bytes()).map_err(|e| format!("issuer SAM: {e}"))?;
+    let data =
+        flows::open_sam(&mut issuer, pin.as_bytes()).map_err(|e| format!("issuer SAM: {e}"))?;
     let spki = SamClient::new(&mut issuer)
         .perso_public_key()
         .map_err(|e| format!("issuer SAM: {e}"))?;
     // The root CA certifies the issuer SAM's personalisation key.
-    let perso_pub = RsaPublicKey::from_spki_der(&spki).map_err(|e| format!("issuer SAM personalisation key: {e}"))?;
+    let perso_pub = RsaPublicKey::from_spki_der(&spki)
+        .map_err(|e| format!("issuer SAM personalisation key: {e}"))?;
     let perso_cert = x509::issue_certificate(
         &root_key,
         &root_cert,
         &perso_pub,
-        &x509::CertificateParams::card(&format!("SAM-{}", hex::encode_upper(sam_id)), 2, x509::CardRole::Sam, t0, t1),
+        &x509::CertificateParams::card(
+            &format!("SAM-{}", hex::encode_upper(sam_id)),
+            2,
+            x509::CardRole::Sam,
+            t0,
+            t1,
+        ),
     )
     .map_err(|e| format!("issuer SAM certificate: {e}"))?;
     write_atomic(&dir.join(ISSUER_CERT_FILE), perso_cert.to_der())?;
@@ -440,7 +485,10 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
         .save_image(dir.join(ISSUER_SAM_FILE))
         .map_err(|e| format!("cannot save the issuer SAM image: {e}"))?;
     let scheme = Scheme {
-        name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "scheme".into()),
+        name: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "scheme".into()),
         currency: a.currency,
         issuer_sam: ISSUER_SAM_FILE.into(),
         issuer_sam_id: hex::encode_upper(data.sam_id),
@@ -484,7 +532,11 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
 
 fn refuse_overwrite(path: &Path, force: bool) -> CliResult {
     if path.exists() && !force {
-        return Err(format!("{} exists; refusing to overwrite it (use --force)", path.display()).into());
+        return Err(format!(
+            "{} exists; refusing to overwrite it (use --force)",
+            path.display()
+        )
+        .into());
     }
     Ok(())
 }
@@ -498,7 +550,8 @@ fn card_issue(a: &CardIssueArgs) -> CliResult<Out> {
     let mut scheme = Scheme::load(&a.scheme)?;
     let card_id = match &a.card_id {
         Some(h) => {
-            let v = hex::decode(h.trim()).map_err(|e| format!("--card-id: invalid hex {h:?}: {e}"))?;
+            let v =
+                hex::decode(h.trim()).map_err(|e| format!("--card-id: invalid hex {h:?}: {e}"))?;
             if v.is_empty() || v.len() > 16 {
                 return Err("--card-id: 1 to 16 bytes".into());
             }
@@ -530,7 +583,8 @@ fn card_issue(a: &CardIssueArgs) -> CliResult<Out> {
         pin: pin.as_bytes().to_vec(),
         ..Default::default()
     };
-    let (card, data) = kit::issue_purse(issuer.transport(), &params).map_err(|e| format!("card issue failed: {e}"))?;
+    let (card, data) = kit::issue_purse(issuer.transport(), &params)
+        .map_err(|e| format!("card issue failed: {e}"))?;
     // The issuer SAM remembers the purse ID it personalised: save it before the card.
     save_target(&mut issuer, "issuer SAM")?;
     card.save_image(&a.out)
@@ -552,7 +606,10 @@ fn card_issue(a: &CardIssueArgs) -> CliResult<Out> {
             if pin.is_empty() {
                 "none".to_string()
             } else {
-                format!("set (needed above {})", money(u64::from(pin_threshold), data.currency))
+                format!(
+                    "set (needed above {})",
+                    money(u64::from(pin_threshold), data.currency)
+                )
             },
             data.log_capacity
         ),
@@ -574,7 +631,10 @@ fn sam_issue(a: &SamIssueArgs) -> CliResult<Out> {
         Some(h) => parse_hex_n::<4>("--sam-id", h)?,
         None => scheme.next_sam_id.to_be_bytes(),
     };
-    let pin = a.pin.clone().unwrap_or_else(|| String::from_utf8_lossy(kit::DEFAULT_SAM_PIN).into_owned());
+    let pin = a
+        .pin
+        .clone()
+        .unwrap_or_else(|| String::from_utf8_lossy(kit::DEFAULT_SAM_PIN).into_owned());
     let (mut issuer, _) = scheme.open_issuer(&a.scheme, a.sam_pin.as_deref())?;
     let params = kit::SamParams {
         sam_id,
@@ -584,7 +644,8 @@ fn sam_issue(a: &SamIssueArgs) -> CliResult<Out> {
         journal_capacity: a.journal_capacity,
         ..Default::default()
     };
-    let (sam, data) = kit::issue_sam(issuer.transport(), &params).map_err(|e| format!("SAM issue failed: {e}"))?;
+    let (sam, data) = kit::issue_sam(issuer.transport(), &params)
+        .map_err(|e| format!("SAM issue failed: {e}"))?;
     save_target(&mut issuer, "issuer SAM")?;
     sam.save_image(&a.out)
         .map_err(|e| format!("cannot save SAM image {}: {e}", a.out.display()))?;
@@ -599,7 +660,11 @@ fn sam_issue(a: &SamIssueArgs) -> CliResult<Out> {
             "terminal SAM issued: {} (SAM ID {}, unlock PIN {}, daily ceiling {})\n",
             a.out.display(),
             hex::encode_upper(sam_id),
-            if a.pin.is_some() { "as given" } else { "0000 (default)" },
+            if a.pin.is_some() {
+                "as given"
+            } else {
+                "0000 (default)"
+            },
             if a.max_per_day == 0 {
                 "none".to_string()
             } else {
@@ -637,8 +702,16 @@ fn load(a: &LoadArgs) -> CliResult<Out> {
             r.counter,
             hex::encode_upper(r.sam_id),
             r.sam_txn,
-            if r.recovered { ", recovered after a lost answer" } else { "" },
-            if r.sam_confirmed { "" } else { ", SAM entry still PENDING" },
+            if r.recovered {
+                ", recovered after a lost answer"
+            } else {
+                ""
+            },
+            if r.sam_confirmed {
+                ""
+            } else {
+                ", SAM entry still PENDING"
+            },
         ),
         json: serde_json::to_value(&r)?,
     })
@@ -650,7 +723,8 @@ fn pay(a: &PayArgs) -> CliResult<Out> {
         .sam_pin
         .clone()
         .unwrap_or_else(|| String::from_utf8_lossy(kit::DEFAULT_SAM_PIN).into_owned());
-    let data = flows::open_sam(sam.transport(), sam_pin.as_bytes()).map_err(|e| format!("terminal SAM: {e}"))?;
+    let data = flows::open_sam(sam.transport(), sam_pin.as_bytes())
+        .map_err(|e| format!("terminal SAM: {e}"))?;
     if data.role != sw_::role::TERMINAL {
         return Err("the SAM given with --sam is not a terminal SAM".into());
     }
@@ -683,8 +757,16 @@ fn pay(a: &PayArgs) -> CliResult<Out> {
             money(u64::from(r.balance_after), r.currency),
             r.counter,
             r.sam_txn,
-            if r.recovered { ", recovered after a lost answer" } else { "" },
-            if r.sam_confirmed { "" } else { ", SAM entry still PENDING" },
+            if r.recovered {
+                ", recovered after a lost answer"
+            } else {
+                ""
+            },
+            if r.sam_confirmed {
+                ""
+            } else {
+                ", SAM entry still PENDING"
+            },
         ),
         json: serde_json::to_value(&r)?,
     })
@@ -738,7 +820,10 @@ fn purse_text(d: &PurseData) -> String {
         } else if d.pin_threshold == u32::MAX {
             "set".to_string()
         } else {
-            format!("needed above {}", money(u64::from(d.pin_threshold), d.currency))
+            format!(
+                "needed above {}",
+                money(u64::from(d.pin_threshold), d.currency)
+            )
         },
         d.log_count,
         d.log_capacity
@@ -922,7 +1007,10 @@ fn sam_journal(a: &SamJournalArgs) -> CliResult<Out> {
         journal_text(&batch.entries)
     );
     if let Some(path) = &a.export {
-        write_atomic(path, serde_json::to_string_pretty(&batch_json(&batch))?.as_bytes())?;
+        write_atomic(
+            path,
+            serde_json::to_string_pretty(&batch_json(&batch))?.as_bytes(),
+        )?;
         let _ = writeln!(text, "exported to {}", path.display());
         j["exported_to"] = json!(path.display().to_string());
     }
@@ -932,13 +1020,19 @@ fn sam_journal(a: &SamJournalArgs) -> CliResult<Out> {
         let (mut issuer, _) = scheme.open_issuer(dir, a.issuer_pin.as_deref())?;
         let result = flows::settle(sam.transport(), issuer.transport());
         // The receiver of the records (the issuer) first, then the SAM that dropped them.
-        let saved = save_target(&mut issuer, "issuer SAM").and_then(|_| save_target(&mut sam, "SAM"));
+        let saved =
+            save_target(&mut issuer, "issuer SAM").and_then(|_| save_target(&mut sam, "SAM"));
         let report = result.map_err(|e| flow_err("settlement", e))?;
         saved?;
         if !report.entries.is_empty() {
             let sdir = dir.join(SETTLEMENT_DIR);
-            std::fs::create_dir_all(&sdir).map_err(|e| format!("cannot create {}: {e}", sdir.display()))?;
-            let file = sdir.join(format!("{}-{:08}.json", hex::encode_upper(report.sam_id), report.last_seq));
+            std::fs::create_dir_all(&sdir)
+                .map_err(|e| format!("cannot create {}: {e}", sdir.display()))?;
+            let file = sdir.join(format!(
+                "{}-{:08}.json",
+                hex::encode_upper(report.sam_id),
+                report.last_seq
+            ));
             let record = json!({
                 "sam_id": hex::encode_upper(report.sam_id),
                 "last_seq": report.last_seq,
@@ -978,7 +1072,8 @@ impl Demo {
             println!("\n== {}. {title}", self.step);
             print!("{}", out.text);
         }
-        self.report.push(json!({"step": title, "ok": true, "result": out.json}));
+        self.report
+            .push(json!({"step": title, "ok": true, "result": out.json}));
     }
     fn run(&mut self, title: &str, r: CliResult<Out>) -> CliResult<Out> {
         match r {
@@ -1003,7 +1098,11 @@ fn demo(a: &DemoArgs, g: Global) -> CliResult {
         None => std::env::temp_dir().join(format!("tessera-demo-{}-{}", std::process::id(), now())),
     };
     if dir.join(SCHEME_FILE).exists() {
-        return Err(format!("{} already holds a scheme; give an empty --dir", dir.display()).into());
+        return Err(format!(
+            "{} already holds a scheme; give an empty --dir",
+            dir.display()
+        )
+        .into());
     }
     let mut d = Demo {
         g,
@@ -1046,7 +1145,10 @@ fn demo(a: &DemoArgs, g: Global) -> CliResult {
         sam_pin: None,
         force: false,
     };
-    d.run("issue Alice's card (PIN 1234, needed above 20.00)", card_issue(&issue(&alice, Some("1234"))))?;
+    d.run(
+        "issue Alice's card (PIN 1234, needed above 20.00)",
+        card_issue(&issue(&alice, Some("1234"))),
+    )?;
     d.run("issue Bob's card (no PIN)", card_issue(&issue(&bob, None)))?;
     d.run(
         "issue the shop's terminal SAM",
@@ -1079,14 +1181,45 @@ fn demo(a: &DemoArgs, g: Global) -> CliResult {
         terminal_id: Some("00000042".into()),
         sam_pin: None,
     };
-    d.run("Alice pays 12.50 at the shop", pay(&pay_args(&alice, 1250, None)))?;
+    d.run(
+        "Alice pays 12.50 at the shop",
+        pay(&pay_args(&alice, 1250, None)),
+    )?;
     // A refusal the demo expects: over the PIN threshold without the PIN.
-    expect_refusal(&mut d, "Alice pays 25.00 without her PIN (expected refusal)", pay(&pay_args(&alice, 2500, None)), "PIN required")?;
-    d.run("Alice pays 25.00 with her PIN", pay(&pay_args(&alice, 2500, Some("1234"))))?;
-    expect_refusal(&mut d, "Bob pays 1.00 from an empty purse (expected refusal)", pay(&pay_args(&bob, 100, None)), "insufficient funds")?;
-    let a_show = d.run("Alice's purse", purse_show(&PurseViewArgs { card: card_of(&alice) }))?;
-    let b_show = d.run("Bob's purse", purse_show(&PurseViewArgs { card: card_of(&bob) }))?;
-    d.run("Alice's log", purse_log(&PurseViewArgs { card: card_of(&alice) }))?;
+    expect_refusal(
+        &mut d,
+        "Alice pays 25.00 without her PIN (expected refusal)",
+        pay(&pay_args(&alice, 2500, None)),
+        "PIN required",
+    )?;
+    d.run(
+        "Alice pays 25.00 with her PIN",
+        pay(&pay_args(&alice, 2500, Some("1234"))),
+    )?;
+    expect_refusal(
+        &mut d,
+        "Bob pays 1.00 from an empty purse (expected refusal)",
+        pay(&pay_args(&bob, 100, None)),
+        "insufficient funds",
+    )?;
+    let a_show = d.run(
+        "Alice's purse",
+        purse_show(&PurseViewArgs {
+            card: card_of(&alice),
+        }),
+    )?;
+    let b_show = d.run(
+        "Bob's purse",
+        purse_show(&PurseViewArgs {
+            card: card_of(&bob),
+        }),
+    )?;
+    d.run(
+        "Alice's log",
+        purse_log(&PurseViewArgs {
+            card: card_of(&alice),
+        }),
+    )?;
     let settled = d.run(
         "export and settle the shop's journal",
         sam_journal(&SamJournalArgs {
@@ -1102,10 +1235,16 @@ fn demo(a: &DemoArgs, g: Global) -> CliResult {
     // The value rules, checked on what the chips say.
     let mut problems = Vec::new();
     if a_show.json["balance"] != json!(5000 - 1250 - 2500) {
-        problems.push(format!("Alice's balance is {}, expected 1250", a_show.json["balance"]));
+        problems.push(format!(
+            "Alice's balance is {}, expected 1250",
+            a_show.json["balance"]
+        ));
     }
     if b_show.json["balance"] != json!(0) {
-        problems.push(format!("Bob's balance is {}, expected 0", b_show.json["balance"]));
+        problems.push(format!(
+            "Bob's balance is {}, expected 0",
+            b_show.json["balance"]
+        ));
     }
     if settled.json["settlement"]["purchases_total"] != json!(3750) {
         problems.push(format!(
@@ -1121,8 +1260,14 @@ fn demo(a: &DemoArgs, g: Global) -> CliResult {
         );
     } else {
         println!("\n== checks");
-        println!("  loads 50.00 - payments 37.50 = Alice's balance 12.50: {}", if ok { "ok" } else { "FAILED" });
-        println!("  shop journal settled 37.50 of purchases: {}", if ok { "ok" } else { "FAILED" });
+        println!(
+            "  loads 50.00 - payments 37.50 = Alice's balance 12.50: {}",
+            if ok { "ok" } else { "FAILED" }
+        );
+        println!(
+            "  shop journal settled 37.50 of purchases: {}",
+            if ok { "ok" } else { "FAILED" }
+        );
         for p in &problems {
             println!("  problem: {p}");
         }
@@ -1146,6 +1291,8 @@ fn expect_refusal(d: &mut Demo, title: &str, r: CliResult<Out>, reason: &str) ->
             Ok(())
         }
         Err(e) => Err(format!("demo step {title:?}: refused for the wrong reason: {e}").into()),
-        Ok(_) => Err(format!("demo step {title:?}: was accepted but should have been refused").into()),
+        Ok(_) => {
+            Err(format!("demo step {title:?}: was accepted but should have been refused").into())
+        }
     }
 }

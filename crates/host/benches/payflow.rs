@@ -9,8 +9,15 @@ use tessera_host::flows::{self, FlowOptions, LoadRequest, PayRequest};
 
 const T: u32 = 1_700_000_000;
 /// Settle the terminal journal and power-cycle the purse (compacting its NVM log) every
-/// this many flows, outside the timed section.
-const HOUSEKEEPING_EVERY: u64 = 2_000;
+/// this many flows, outside the timed section (env PAYFLOW_SETTLE_EVERY overrides; the
+/// terminal SAM's journal holds at most about 1000 entries).
+fn housekeeping_every() -> u64 {
+    std::env::var("PAYFLOW_SETTLE_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=900).contains(n))
+        .unwrap_or(500)
+}
 
 fn world() -> World {
     let mut w = World::new(
@@ -37,7 +44,10 @@ fn world() -> World {
 }
 
 fn housekeeping(w: &mut World) {
-    flows::settle(&mut w.terminal, &mut w.issuer).expect("settle");
+    let r = flows::settle(&mut w.terminal, &mut w.issuer).expect("settle");
+    if std::env::var_os("PAYFLOW_DEBUG").is_some() {
+        eprintln!("settled {r:?}");
+    }
     w.purses[0].power_off();
     w.purses[0].power_on();
 }
@@ -50,6 +60,7 @@ fn bench(c: &mut Criterion) {
         pin: None,
     };
     let opts = FlowOptions::default();
+    let every = housekeeping_every();
     let mut g = c.benchmark_group("payflow");
     g.throughput(criterion::Throughput::Elements(1));
 
@@ -60,11 +71,12 @@ fn bench(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let t0 = Instant::now();
-                let r = flows::pay_with(&mut w.purses[0], &mut w.terminal, &req, &opts).expect("pay");
+                let r =
+                    flows::pay_with(&mut w.purses[0], &mut w.terminal, &req, &opts).expect("pay");
                 total += t0.elapsed();
                 std::hint::black_box(r);
                 done += 1;
-                if done.is_multiple_of(HOUSEKEEPING_EVERY) {
+                if done.is_multiple_of(every) {
                     housekeeping(&mut w);
                 }
             }
@@ -82,13 +94,14 @@ fn bench(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let t0 = Instant::now();
-                let r = flows::pay_with(&mut w.purses[0], &mut w.terminal, &req, &opts).expect("pay");
+                let r =
+                    flows::pay_with(&mut w.purses[0], &mut w.terminal, &req, &opts).expect("pay");
                 w.purses[0].save_image(&card_path).expect("save card");
                 w.terminal.save_image(&sam_path).expect("save SAM");
                 total += t0.elapsed();
                 std::hint::black_box(r);
                 done += 1;
-                if done.is_multiple_of(HOUSEKEEPING_EVERY) {
+                if done.is_multiple_of(every) {
                     housekeeping(&mut w);
                 }
             }

@@ -17,11 +17,13 @@
 use crate::transport::{Transport, TransportError};
 use tessera_apdu::{Command, Sw};
 use tessera_purse::wire::{
-    self as pw, AuthorizeLoad, AuthorizePurchase, Balance, InitLoadResponse, InitPurchase, InitPurchaseResponse,
-    KeyBlob, Load, LoadAuthorization, LogRecord, Purchase, PurchaseAuthorization, PurseData, TxnStatus,
-    TxnStatusQuery, ValueReceipt, WireError,
+    self as pw, AuthorizeLoad, AuthorizePurchase, Balance, InitLoadResponse, InitPurchase,
+    InitPurchaseResponse, KeyBlob, Load, LoadAuthorization, LogRecord, Purchase,
+    PurchaseAuthorization, PurseData, TxnStatus, TxnStatusQuery, ValueReceipt, WireError,
 };
-use tessera_sam::wire::{self as sw_, BeginPurchase, Confirm, JournalAck, JournalBatch, Resolve, SamData};
+use tessera_sam::wire::{
+    self as sw_, BeginPurchase, Confirm, JournalAck, JournalBatch, Resolve, SamData,
+};
 
 /// Short Le asking for everything (encoded 00); longer answers come through 61xx.
 const LE_ALL: usize = 256;
@@ -80,13 +82,21 @@ pub fn purse_sw_meaning(sw: Sw) -> String {
         s if s == pw::sw::OVER_MAXIMUM => "over maximum balance".into(),
         s if s == pw::sw::INSUFFICIENT_FUNDS => "insufficient funds".into(),
         s if s == pw::sw::COUNTER_EXHAUSTED => "transaction counter exhausted".into(),
-        s if s == pw::sw::STALE_SESSION => "stale session (replayed, wrong card or session ended)".into(),
+        s if s == pw::sw::STALE_SESSION => {
+            "stale session (replayed, wrong card or session ended)".into()
+        }
         s if s == pw::sw::WRONG_CURRENCY => "wrong currency".into(),
-        s if s == pw::sw::NOT_PERSONALISED => "purse not personalised (or already personalised)".into(),
+        s if s == pw::sw::NOT_PERSONALISED => {
+            "purse not personalised (or already personalised)".into()
+        }
         Sw::SECURITY_STATUS_NOT_SATISFIED => "PIN required".into(),
-        Sw::SM_OBJECTS_INCORRECT => "MAC does not verify (wrong card, forged or altered message)".into(),
+        Sw::SM_OBJECTS_INCORRECT => {
+            "MAC does not verify (wrong card, forged or altered message)".into()
+        }
         Sw::AUTH_METHOD_BLOCKED => "PIN blocked".into(),
-        Sw::CONDITIONS_NOT_SATISFIED => "conditions not satisfied (no session, or wrong state)".into(),
+        Sw::CONDITIONS_NOT_SATISFIED => {
+            "conditions not satisfied (no session, or wrong state)".into()
+        }
         Sw::FILE_NOT_FOUND => "purse applet not found on this card".into(),
         Sw::RECORD_NOT_FOUND => "no such log record".into(),
         s if s.0 & 0xFFF0 == 0x63C0 => format!("wrong PIN, {} tries left", s.0 & 0x0F),
@@ -135,7 +145,9 @@ fn exchange<T: Transport + ?Sized>(
 }
 
 fn select_cmd(aid: &[u8]) -> Command {
-    Command::new(0x00, 0xA4, 0x04, 0x00).with_data(aid.to_vec()).with_le(LE_ALL)
+    Command::new(0x00, 0xA4, 0x04, 0x00)
+        .with_data(aid.to_vec())
+        .with_le(LE_ALL)
 }
 
 fn verify_cmd(pin: &[u8]) -> Command {
@@ -169,7 +181,8 @@ impl<'a, T: Transport + ?Sized> PurseClient<'a, T> {
 
     /// SELECT the purse by AID.
     pub fn select(&mut self) -> Result<(), ClientError> {
-        self.run("SELECT PURSE", &select_cmd(&pw::PURSE_AID)).map(|_| ())
+        self.run("SELECT PURSE", &select_cmd(&pw::PURSE_AID))
+            .map(|_| ())
     }
 
     /// VERIFY the cardholder PIN (valid until reset or deselect).
@@ -186,13 +199,19 @@ impl<'a, T: Transport + ?Sized> PurseClient<'a, T> {
     }
 
     pub fn balance(&mut self) -> Result<Balance, ClientError> {
-        let d = self.run("GET BALANCE", &Self::cmd(pw::ins::GET_BALANCE, 0).with_le(LE_ALL))?;
+        let d = self.run(
+            "GET BALANCE",
+            &Self::cmd(pw::ins::GET_BALANCE, 0).with_le(LE_ALL),
+        )?;
         Ok(Balance::decode(&d)?)
     }
 
     /// One log record, `index` counted from the newest (0).
     pub fn read_log(&mut self, index: u8) -> Result<LogRecord, ClientError> {
-        let d = self.run("READ LOG", &Self::cmd(pw::ins::READ_LOG, index).with_le(LE_ALL))?;
+        let d = self.run(
+            "READ LOG",
+            &Self::cmd(pw::ins::READ_LOG, index).with_le(LE_ALL),
+        )?;
         Ok(LogRecord::decode(&d)?)
     }
 
@@ -211,24 +230,35 @@ impl<'a, T: Transport + ?Sized> PurseClient<'a, T> {
 
     /// INIT PERSO: the OAEP ciphertext of the purse's key transport request.
     pub fn init_perso(&mut self) -> Result<Vec<u8>, ClientError> {
-        self.run("INIT PERSO", &Self::cmd(pw::ins::INIT_PERSO, 0).with_le(LE_ALL))
+        self.run(
+            "INIT PERSO",
+            &Self::cmd(pw::ins::INIT_PERSO, 0).with_le(LE_ALL),
+        )
     }
 
     /// PUT KEYS: the key blob the issuer SAM made for this purse.
     pub fn put_keys(&mut self, blob: &KeyBlob) -> Result<(), ClientError> {
-        self.run("PUT KEYS", &Self::cmd(pw::ins::PUT_KEYS, 0).with_data(blob.encode()))
-            .map(|_| ())
+        self.run(
+            "PUT KEYS",
+            &Self::cmd(pw::ins::PUT_KEYS, 0).with_data(blob.encode()),
+        )
+        .map(|_| ())
     }
 
     pub fn init_load(&mut self) -> Result<InitLoadResponse, ClientError> {
-        let d = self.run("INIT LOAD", &Self::cmd(pw::ins::INIT_LOAD, 0).with_le(LE_ALL))?;
+        let d = self.run(
+            "INIT LOAD",
+            &Self::cmd(pw::ins::INIT_LOAD, 0).with_le(LE_ALL),
+        )?;
         Ok(InitLoadResponse::decode(&d)?)
     }
 
     pub fn load(&mut self, m: &Load) -> Result<ValueReceipt, ClientError> {
         let d = self.run(
             "LOAD",
-            &Self::cmd(pw::ins::LOAD, 0).with_data(m.encode()).with_le(LE_ALL),
+            &Self::cmd(pw::ins::LOAD, 0)
+                .with_data(m.encode())
+                .with_le(LE_ALL),
         )?;
         Ok(ValueReceipt::decode(&d)?)
     }
@@ -246,14 +276,20 @@ impl<'a, T: Transport + ?Sized> PurseClient<'a, T> {
     pub fn purchase(&mut self, m: &Purchase) -> Result<ValueReceipt, ClientError> {
         let d = self.run(
             "PURCHASE",
-            &Self::cmd(pw::ins::PURCHASE, 0).with_data(m.encode()).with_le(LE_ALL),
+            &Self::cmd(pw::ins::PURCHASE, 0)
+                .with_data(m.encode())
+                .with_le(LE_ALL),
         )?;
         Ok(ValueReceipt::decode(&d)?)
     }
 
     /// GET TRANSACTION STATUS for (sam_id, sam_txn); `key_usage` is
     /// `tessera_purse::wire::usage::LOAD` or `DEBIT`.
-    pub fn txn_status(&mut self, key_usage: u8, q: &TxnStatusQuery) -> Result<TxnStatus, ClientError> {
+    pub fn txn_status(
+        &mut self,
+        key_usage: u8,
+        q: &TxnStatusQuery,
+    ) -> Result<TxnStatus, ClientError> {
         let d = self.run(
             "GET TRANSACTION STATUS",
             &Self::cmd(pw::ins::GET_TXN_STATUS, key_usage)
@@ -291,7 +327,8 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
 
     /// SELECT the SAM applet by AID.
     pub fn select(&mut self) -> Result<(), ClientError> {
-        self.run("SELECT SAM", &select_cmd(&sw_::SAM_AID)).map(|_| ())
+        self.run("SELECT SAM", &select_cmd(&sw_::SAM_AID))
+            .map(|_| ())
     }
 
     /// VERIFY the unlock PIN (unlocked until reset or deselect).
@@ -300,7 +337,10 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
     }
 
     pub fn sam_data(&mut self) -> Result<SamData, ClientError> {
-        let d = self.run("GET SAM DATA", &Self::cmd(sw_::ins::GET_SAM_DATA, 0).with_le(LE_ALL))?;
+        let d = self.run(
+            "GET SAM DATA",
+            &Self::cmd(sw_::ins::GET_SAM_DATA, 0).with_le(LE_ALL),
+        )?;
         Ok(SamData::decode(&d)?)
     }
 
@@ -337,7 +377,9 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
         data.extend_from_slice(request);
         let d = self.run(
             "EXPORT SAM KEYS",
-            &Self::cmd(sw_::ins::EXPORT_SAM_KEYS, 0).with_data(data).with_le(LE_ALL),
+            &Self::cmd(sw_::ins::EXPORT_SAM_KEYS, 0)
+                .with_data(data)
+                .with_le(LE_ALL),
         )?;
         Ok(KeyBlob::decode(&d)?)
     }
@@ -380,7 +422,10 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
         Ok(BeginPurchase::decode(&d)?)
     }
 
-    pub fn authorize_purchase(&mut self, m: &AuthorizePurchase) -> Result<PurchaseAuthorization, ClientError> {
+    pub fn authorize_purchase(
+        &mut self,
+        m: &AuthorizePurchase,
+    ) -> Result<PurchaseAuthorization, ClientError> {
         let d = self.run(
             "AUTHORIZE PURCHASE",
             &Self::cmd(sw_::ins::AUTHORIZE_PURCHASE, 0)
@@ -403,7 +448,9 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
     pub fn resolve(&mut self, m: &Resolve) -> Result<u8, ClientError> {
         let d = self.run(
             "RESOLVE",
-            &Self::cmd(sw_::ins::RESOLVE, 0).with_data(m.encode()).with_le(LE_ALL),
+            &Self::cmd(sw_::ins::RESOLVE, 0)
+                .with_data(m.encode())
+                .with_le(LE_ALL),
         )?;
         match d.as_slice() {
             [s] => Ok(*s),

@@ -19,8 +19,8 @@ use crate::transport::{Transport, TransportError};
 use serde::Serialize;
 use tessera_apdu::Sw;
 use tessera_purse::wire::{
-    self as pw, AuthorizeLoad, AuthorizePurchase, InitPurchase, Load, LogRecord, Purchase, PurseData, PurseId,
-    TxnStatus, TxnStatusQuery,
+    self as pw, AuthorizeLoad, AuthorizePurchase, InitPurchase, Load, LogRecord, Purchase,
+    PurseData, PurseId, TxnStatus, TxnStatusQuery,
 };
 use tessera_sam::wire::{self as sw_, Confirm, JournalEntry, Resolve, SamData};
 
@@ -198,7 +198,10 @@ fn purse_err(step: &'static str, e: ClientError) -> FlowError {
     };
     match sw {
         s if s == pw::sw::OVER_MAXIMUM => FlowError::OverMaximum,
-        s if s == pw::sw::INSUFFICIENT_FUNDS => FlowError::InsufficientFunds { balance: 0, amount: 0 },
+        s if s == pw::sw::INSUFFICIENT_FUNDS => FlowError::InsufficientFunds {
+            balance: 0,
+            amount: 0,
+        },
         s if s == pw::sw::COUNTER_EXHAUSTED => FlowError::CounterExhausted,
         s if s == pw::sw::STALE_SESSION => FlowError::StaleSession,
         s if s == pw::sw::WRONG_CURRENCY => FlowError::WrongCurrency,
@@ -250,7 +253,11 @@ pub fn open_sam<S: Transport + ?Sized>(sam: &mut S, pin: &[u8]) -> Result<SamDat
 }
 
 /// Reset, select and unlock a SAM whose answer was lost.
-fn reopen_sam<S: Transport + ?Sized>(sam: &mut S, opts: &FlowOptions, step: &'static str) -> Result<(), FlowError> {
+fn reopen_sam<S: Transport + ?Sized>(
+    sam: &mut S,
+    opts: &FlowOptions,
+    step: &'static str,
+) -> Result<(), FlowError> {
     let Some(pin) = opts.sam_pin.as_deref() else {
         return Err(FlowError::Recovery(format!(
             "the SAM's answer to {step} was lost and no SAM PIN was given to reopen it"
@@ -353,7 +360,15 @@ where
 
 /// Void a SAM authorisation that the purse refused (or that the host abandons): the purse
 /// is reset first so that its session is gone for sure.
-fn void<P, S>(purse: &mut P, sam: &mut S, opts: &FlowOptions, key_usage: u8, purse_id: PurseId, sam_id: [u8; 4], sam_txn: u32) -> Result<bool, FlowError>
+fn void<P, S>(
+    purse: &mut P,
+    sam: &mut S,
+    opts: &FlowOptions,
+    key_usage: u8,
+    purse_id: PurseId,
+    sam_id: [u8; 4],
+    sam_txn: u32,
+) -> Result<bool, FlowError>
 where
     P: Transport + ?Sized,
     S: Transport + ?Sized,
@@ -364,7 +379,13 @@ where
 /// The SAM's answer to an AUTHORIZE was lost: it may hold a PENDING entry we do not know
 /// the number of. Reopen it, and if its last transaction is pending, resolve it with the
 /// purse (which never saw the authorisation, so it is voided).
-fn void_orphan<P, S>(purse: &mut P, sam: &mut S, opts: &FlowOptions, key_usage: u8, purse_id: PurseId) -> FlowError
+fn void_orphan<P, S>(
+    purse: &mut P,
+    sam: &mut S,
+    opts: &FlowOptions,
+    key_usage: u8,
+    purse_id: PurseId,
+) -> FlowError
 where
     P: Transport + ?Sized,
     S: Transport + ?Sized,
@@ -379,19 +400,33 @@ where
     if data.pending_count == 0 || data.sam_txn == 0 {
         return FlowError::NotApplied { voided: false };
     }
-    match recover(purse, sam, opts, key_usage, purse_id, data.sam_id, data.sam_txn) {
+    match recover(
+        purse,
+        sam,
+        opts,
+        key_usage,
+        purse_id,
+        data.sam_id,
+        data.sam_txn,
+    ) {
         Ok(None) => FlowError::NotApplied { voided: true },
         // The last transaction was another one, already settled: nothing of ours pends.
         Err(FlowError::Step { source, .. }) if source.sw() == Some(sw_::sw::NO_SUCH_TXN) => {
             FlowError::NotApplied { voided: false }
         }
-        Ok(Some(_)) => FlowError::Recovery("an authorisation whose answer was lost was applied".into()),
+        Ok(Some(_)) => {
+            FlowError::Recovery("an authorisation whose answer was lost was applied".into())
+        }
         Err(e) => e,
     }
 }
 
 /// Load value into a purse through the issuer SAM (open: selected and unlocked).
-pub fn load<P, S>(purse: &mut P, issuer_sam: &mut S, req: LoadRequest) -> Result<LoadReceipt, FlowError>
+pub fn load<P, S>(
+    purse: &mut P,
+    issuer_sam: &mut S,
+    req: LoadRequest,
+) -> Result<LoadReceipt, FlowError>
 where
     P: Transport + ?Sized,
     S: Transport + ?Sized,
@@ -400,7 +435,12 @@ where
 }
 
 /// [`load`] with options.
-pub fn load_with<P, S>(purse: &mut P, sam: &mut S, req: LoadRequest, opts: &FlowOptions) -> Result<LoadReceipt, FlowError>
+pub fn load_with<P, S>(
+    purse: &mut P,
+    sam: &mut S,
+    req: LoadRequest,
+    opts: &FlowOptions,
+) -> Result<LoadReceipt, FlowError>
 where
     P: Transport + ?Sized,
     S: Transport + ?Sized,
@@ -422,7 +462,15 @@ where
     };
     let auth = match SamClient::new(&mut *sam).authorize_load(&areq) {
         Ok(a) => a,
-        Err(e) if e.is_no_response() => return Err(void_orphan(purse, sam, opts, pw::usage::LOAD, init.purse_id)),
+        Err(e) if e.is_no_response() => {
+            return Err(void_orphan(
+                purse,
+                sam,
+                opts,
+                pw::usage::LOAD,
+                init.purse_id,
+            ));
+        }
         Err(e) => return Err(sam_err("AUTHORIZE LOAD", e)),
     };
     let msg = Load {
@@ -454,7 +502,15 @@ where
             receipt.proof = r.proof;
         }
         Err(e) if e.is_no_response() => {
-            match recover(purse, sam, opts, pw::usage::LOAD, init.purse_id, auth.sam_id, auth.sam_txn)? {
+            match recover(
+                purse,
+                sam,
+                opts,
+                pw::usage::LOAD,
+                init.purse_id,
+                auth.sam_id,
+                auth.sam_txn,
+            )? {
                 Some(rec) => {
                     receipt.counter = rec.counter;
                     receipt.balance_after = rec.balance_after;
@@ -468,7 +524,16 @@ where
         }
         Err(e) => {
             let reason = purse_err("LOAD", e);
-            return Err(after_refusal(purse, sam, opts, pw::usage::LOAD, init.purse_id, auth.sam_id, auth.sam_txn, reason));
+            return Err(after_refusal(
+                purse,
+                sam,
+                opts,
+                pw::usage::LOAD,
+                init.purse_id,
+                auth.sam_id,
+                auth.sam_txn,
+                reason,
+            ));
         }
     }
     let confirm = Confirm {
@@ -483,7 +548,9 @@ where
     // an error (the entry stays PENDING and the recovery step resolves it later).
     match sam_idempotent(sam, opts, "CONFIRM LOAD", |c| c.confirm_load(&confirm)) {
         Ok(()) => receipt.sam_confirmed = true,
-        Err(e) => tracing::warn!("CONFIRM LOAD failed ({e}); the SAM entry stays PENDING until resolved"),
+        Err(e) => {
+            tracing::warn!("CONFIRM LOAD failed ({e}); the SAM entry stays PENDING until resolved")
+        }
     }
     Ok(receipt)
 }
@@ -508,13 +575,21 @@ where
 {
     match void(purse, sam, opts, key_usage, purse_id, sam_id, sam_txn) {
         Ok(false) => reason,
-        Ok(true) => FlowError::Recovery(format!("the purse refused ({reason}) but reports the transaction applied")),
-        Err(e) => FlowError::Recovery(format!("{reason}; and voiding the SAM authorisation failed: {e}")),
+        Ok(true) => FlowError::Recovery(format!(
+            "the purse refused ({reason}) but reports the transaction applied"
+        )),
+        Err(e) => FlowError::Recovery(format!(
+            "{reason}; and voiding the SAM authorisation failed: {e}"
+        )),
     }
 }
 
 /// Pay from a purse at a terminal SAM (open: selected and unlocked).
-pub fn pay<P, S>(purse: &mut P, terminal_sam: &mut S, req: PayRequest) -> Result<PayReceipt, FlowError>
+pub fn pay<P, S>(
+    purse: &mut P,
+    terminal_sam: &mut S,
+    req: PayRequest,
+) -> Result<PayReceipt, FlowError>
 where
     P: Transport + ?Sized,
     S: Transport + ?Sized,
@@ -523,7 +598,12 @@ where
 }
 
 /// [`pay`] with options.
-pub fn pay_with<P, S>(purse: &mut P, sam: &mut S, req: &PayRequest, opts: &FlowOptions) -> Result<PayReceipt, FlowError>
+pub fn pay_with<P, S>(
+    purse: &mut P,
+    sam: &mut S,
+    req: &PayRequest,
+    opts: &FlowOptions,
+) -> Result<PayReceipt, FlowError>
 where
     P: Transport + ?Sized,
     S: Transport + ?Sized,
@@ -576,7 +656,15 @@ where
     };
     let auth = match SamClient::new(&mut *sam).authorize_purchase(&areq) {
         Ok(a) => a,
-        Err(e) if e.is_no_response() => return Err(void_orphan(purse, sam, opts, pw::usage::DEBIT, init.purse_id)),
+        Err(e) if e.is_no_response() => {
+            return Err(void_orphan(
+                purse,
+                sam,
+                opts,
+                pw::usage::DEBIT,
+                init.purse_id,
+            ));
+        }
         Err(e) => return Err(sam_err("AUTHORIZE PURCHASE", e)),
     };
     let msg = Purchase {
@@ -610,7 +698,15 @@ where
             receipt.proof = r.proof;
         }
         Err(e) if e.is_no_response() => {
-            match recover(purse, sam, opts, pw::usage::DEBIT, init.purse_id, begin.sam_id, auth.sam_txn)? {
+            match recover(
+                purse,
+                sam,
+                opts,
+                pw::usage::DEBIT,
+                init.purse_id,
+                begin.sam_id,
+                auth.sam_txn,
+            )? {
                 Some(rec) => {
                     receipt.counter = rec.counter;
                     receipt.balance_after = rec.balance_after;
@@ -628,14 +724,25 @@ where
                     balance: init.balance,
                     amount: req.amount,
                 },
-                (Some(Sw::SECURITY_STATUS_NOT_SATISFIED), _) if init.flags & pw::FLAG_PIN_SET != 0 && req.amount > init.pin_threshold => {
+                (Some(Sw::SECURITY_STATUS_NOT_SATISFIED), _)
+                    if init.flags & pw::FLAG_PIN_SET != 0 && req.amount > init.pin_threshold =>
+                {
                     FlowError::PinRequired {
                         threshold: init.pin_threshold,
                     }
                 }
                 (_, other) => other,
             };
-            return Err(after_refusal(purse, sam, opts, pw::usage::DEBIT, init.purse_id, begin.sam_id, auth.sam_txn, reason));
+            return Err(after_refusal(
+                purse,
+                sam,
+                opts,
+                pw::usage::DEBIT,
+                init.purse_id,
+                begin.sam_id,
+                auth.sam_txn,
+                reason,
+            ));
         }
     }
     let confirm = Confirm {
@@ -646,9 +753,13 @@ where
         balance_after: receipt.balance_after,
         proof: receipt.proof,
     };
-    match sam_idempotent(sam, opts, "CONFIRM PURCHASE", |c| c.confirm_purchase(&confirm)) {
+    match sam_idempotent(sam, opts, "CONFIRM PURCHASE", |c| {
+        c.confirm_purchase(&confirm)
+    }) {
         Ok(()) => receipt.sam_confirmed = true,
-        Err(e) => tracing::warn!("CONFIRM PURCHASE failed ({e}); the SAM entry stays PENDING until resolved"),
+        Err(e) => tracing::warn!(
+            "CONFIRM PURCHASE failed ({e}); the SAM entry stays PENDING until resolved"
+        ),
     }
     Ok(receipt)
 }
@@ -669,23 +780,31 @@ where
         .personalise_purse(&request)
         .map_err(|e| sam_err("PERSONALISE PURSE", e))?;
     pc.put_keys(&blob).map_err(|e| purse_err("PUT KEYS", e))?;
-    pc.read_purse_data().map_err(|e| purse_err("READ PURSE DATA", e))
+    pc.read_purse_data()
+        .map_err(|e| purse_err("READ PURSE DATA", e))
 }
 
 /// Personalise a new SAM (open: selected and unlocked with its own PIN) through the issuer
 /// SAM (open): INIT KEY IMPORT, EXPORT SAM KEYS for `role`, IMPORT KEYS. Returns the new
 /// SAM's data afterwards.
-pub fn personalise_sam<N, S>(new_sam: &mut N, issuer_sam: &mut S, role: u8) -> Result<SamData, FlowError>
+pub fn personalise_sam<N, S>(
+    new_sam: &mut N,
+    issuer_sam: &mut S,
+    role: u8,
+) -> Result<SamData, FlowError>
 where
     N: Transport + ?Sized,
     S: Transport + ?Sized,
 {
     let mut nc = SamClient::new(new_sam);
-    let request = nc.init_key_import().map_err(|e| sam_err("INIT KEY IMPORT", e))?;
+    let request = nc
+        .init_key_import()
+        .map_err(|e| sam_err("INIT KEY IMPORT", e))?;
     let blob = SamClient::new(issuer_sam)
         .export_sam_keys(role, &request)
         .map_err(|e| sam_err("EXPORT SAM KEYS", e))?;
-    nc.import_keys(&blob).map_err(|e| sam_err("IMPORT KEYS", e))?;
+    nc.import_keys(&blob)
+        .map_err(|e| sam_err("IMPORT KEYS", e))?;
     nc.sam_data().map_err(|e| sam_err("GET SAM DATA", e))
 }
 
@@ -733,7 +852,11 @@ where
             .filter(|e| e.status != sw_::status::PENDING && !seen.contains(&e.seq))
             .cloned()
             .collect();
-        report.pending_left = batch.entries.iter().filter(|e| e.status == sw_::status::PENDING).count();
+        report.pending_left = batch
+            .entries
+            .iter()
+            .filter(|e| e.status == sw_::status::PENDING)
+            .count();
         if fresh.is_empty() {
             break;
         }

@@ -42,10 +42,23 @@ fn journal(sam: &mut Card) -> Vec<JournalEntry> {
 
 fn load(w: &mut World, i: usize, amount: u32) -> Result<flows::LoadReceipt, FlowError> {
     let opts = w.issuer_opts();
-    flows::load_with(&mut w.purses[i], &mut w.issuer, LoadRequest { amount, terminal_time: T }, &opts)
+    flows::load_with(
+        &mut w.purses[i],
+        &mut w.issuer,
+        LoadRequest {
+            amount,
+            terminal_time: T,
+        },
+        &opts,
+    )
 }
 
-fn pay(w: &mut World, i: usize, amount: u32, pin: Option<&[u8]>) -> Result<flows::PayReceipt, FlowError> {
+fn pay(
+    w: &mut World,
+    i: usize,
+    amount: u32,
+    pin: Option<&[u8]>,
+) -> Result<flows::PayReceipt, FlowError> {
     let opts = w.terminal_opts();
     let req = PayRequest {
         amount,
@@ -60,7 +73,15 @@ fn pay(w: &mut World, i: usize, amount: u32, pin: Option<&[u8]>) -> Result<flows
 fn load_then_pay_moves_value_and_journals_it() {
     let mut w = world();
     let r = load(&mut w, 0, 5_000).unwrap();
-    assert_eq!((r.balance_before, r.balance_after, r.recovered, r.sam_confirmed), (0, 5_000, false, true));
+    assert_eq!(
+        (
+            r.balance_before,
+            r.balance_after,
+            r.recovered,
+            r.sam_confirmed
+        ),
+        (0, 5_000, false, true)
+    );
     let p = pay(&mut w, 0, 1_250, None).unwrap();
     assert_eq!((p.balance_before, p.balance_after), (5_000, 3_750));
     assert_eq!(balance(&mut w.purses[0]), 3_750);
@@ -72,31 +93,64 @@ fn load_then_pay_moves_value_and_journals_it() {
         c.read_all_logs().unwrap()
     };
     assert_eq!(logs.len(), 2);
-    assert_eq!((logs[0].kind, logs[0].amount, logs[0].proof), (kind::PURCHASE, 1_250, p.proof));
-    assert_eq!((logs[1].kind, logs[1].amount, logs[1].proof), (kind::LOAD, 5_000, r.proof));
+    assert_eq!(
+        (logs[0].kind, logs[0].amount, logs[0].proof),
+        (kind::PURCHASE, 1_250, p.proof)
+    );
+    assert_eq!(
+        (logs[1].kind, logs[1].amount, logs[1].proof),
+        (kind::LOAD, 5_000, r.proof)
+    );
     let ij = journal(&mut w.issuer);
     assert_eq!(ij.len(), 1);
-    assert_eq!((ij[0].status, ij[0].amount, ij[0].proof), (status::CONFIRMED, 5_000, r.proof));
+    assert_eq!(
+        (ij[0].status, ij[0].amount, ij[0].proof),
+        (status::CONFIRMED, 5_000, r.proof)
+    );
     let tj = journal(&mut w.terminal);
     assert_eq!(tj.len(), 1);
-    assert_eq!((tj[0].status, tj[0].amount, tj[0].proof, tj[0].purse_id), (status::CONFIRMED, 1_250, p.proof, p.purse_id));
+    assert_eq!(
+        (tj[0].status, tj[0].amount, tj[0].proof, tj[0].purse_id),
+        (status::CONFIRMED, 1_250, p.proof, p.purse_id)
+    );
 }
 
 #[test]
 fn refusals_name_their_reason_and_leave_nothing_pending() {
     let mut w = world();
-    assert!(matches!(pay(&mut w, 0, 100, None), Err(FlowError::InsufficientFunds { balance: 0, amount: 100 })));
+    assert!(matches!(
+        pay(&mut w, 0, 100, None),
+        Err(FlowError::InsufficientFunds {
+            balance: 0,
+            amount: 100
+        })
+    ));
     assert!(matches!(load(&mut w, 0, 0), Err(FlowError::ZeroAmount)));
     load(&mut w, 0, 9_000).unwrap();
     // Over the maximum balance: the purse refuses, the SAM entry is voided.
-    assert!(matches!(load(&mut w, 0, 1_001), Err(FlowError::OverMaximum)));
+    assert!(matches!(
+        load(&mut w, 0, 1_001),
+        Err(FlowError::OverMaximum)
+    ));
     // PIN above the threshold: missing, wrong, right.
-    assert!(matches!(pay(&mut w, 0, 2_500, None), Err(FlowError::PinRequired { threshold: 2_000 })));
-    assert!(matches!(pay(&mut w, 0, 2_500, Some(b"9999")), Err(FlowError::WrongPin { tries_left: 2 })));
-    assert_eq!(pay(&mut w, 0, 2_500, Some(b"1234")).unwrap().balance_after, 6_500);
+    assert!(matches!(
+        pay(&mut w, 0, 2_500, None),
+        Err(FlowError::PinRequired { threshold: 2_000 })
+    ));
+    assert!(matches!(
+        pay(&mut w, 0, 2_500, Some(b"9999")),
+        Err(FlowError::WrongPin { tries_left: 2 })
+    ));
+    assert_eq!(
+        pay(&mut w, 0, 2_500, Some(b"1234")).unwrap().balance_after,
+        6_500
+    );
     assert_eq!(balance(&mut w.purses[0]), 6_500);
     let ij = journal(&mut w.issuer);
-    assert_eq!(ij.iter().map(|e| e.status).collect::<Vec<_>>(), vec![status::CONFIRMED, status::VOID]);
+    assert_eq!(
+        ij.iter().map(|e| e.status).collect::<Vec<_>>(),
+        vec![status::CONFIRMED, status::VOID]
+    );
     let tj = journal(&mut w.terminal);
     assert!(tj.iter().all(|e| e.status == status::CONFIRMED));
     assert_eq!(tj.len(), 1);
@@ -108,7 +162,16 @@ fn replayed_and_misdirected_loads_apply_nothing() {
     let load_apdu = {
         let opts = w.issuer_opts();
         let mut tap = Tap::new(&mut w.purses[0]);
-        flows::load_with(&mut tap, &mut w.issuer, LoadRequest { amount: 700, terminal_time: T }, &opts).unwrap();
+        flows::load_with(
+            &mut tap,
+            &mut w.issuer,
+            LoadRequest {
+                amount: 700,
+                terminal_time: T,
+            },
+            &opts,
+        )
+        .unwrap();
         tap.last_with_ins(ins::LOAD).unwrap().clone()
     };
     assert_eq!(balance(&mut w.purses[0]), 700);
@@ -141,7 +204,16 @@ fn lost_load_answer_after_commit_is_recovered() {
             after_commit: true,
         },
     );
-    let r = flows::load_with(&mut tap, &mut w.issuer, LoadRequest { amount: 300, terminal_time: T }, &opts).unwrap();
+    let r = flows::load_with(
+        &mut tap,
+        &mut w.issuer,
+        LoadRequest {
+            amount: 300,
+            terminal_time: T,
+        },
+        &opts,
+    )
+    .unwrap();
     assert!(tap.cut);
     assert!(r.recovered && r.sam_confirmed);
     assert_eq!(r.balance_after, 300);
@@ -209,7 +281,16 @@ fn lost_authorize_answer_voids_the_orphan_entry() {
             after_commit: true,
         },
     );
-    let e = flows::load_with(&mut w.purses[0], &mut sam, LoadRequest { amount: 50, terminal_time: T }, &opts).unwrap_err();
+    let e = flows::load_with(
+        &mut w.purses[0],
+        &mut sam,
+        LoadRequest {
+            amount: 50,
+            terminal_time: T,
+        },
+        &opts,
+    )
+    .unwrap_err();
     assert!(sam.cut);
     assert!(matches!(e, FlowError::NotApplied { voided: true }), "{e}");
     assert_eq!(balance(&mut w.purses[0]), 0);
@@ -225,9 +306,30 @@ fn settlement_drops_acknowledged_entries() {
     }
     assert!(pay(&mut w, 1, 1, None).is_err());
     let report = flows::settle(&mut w.terminal, &mut w.issuer).unwrap();
-    assert_eq!((report.settled, report.purchases_total, report.pending_left), (3, 600, 0));
+    assert_eq!(
+        (report.settled, report.purchases_total, report.pending_left),
+        (3, 600, 0)
+    );
     assert!(journal(&mut w.terminal).is_empty());
     // Nothing left: a second settlement is a no-op.
     let again = flows::settle(&mut w.terminal, &mut w.issuer).unwrap();
     assert_eq!((again.settled, again.batches), (0, 0));
+}
+
+#[test]
+fn settlement_of_many_entries_takes_several_batches() {
+    let mut w = world();
+    load(&mut w, 0, 9_000).unwrap();
+    for _ in 0..150 {
+        pay(&mut w, 0, 1, None).unwrap();
+    }
+    let report = flows::settle(&mut w.terminal, &mut w.issuer).unwrap();
+    assert_eq!(
+        (report.settled, report.purchases_total, report.pending_left),
+        (150, 150, 0)
+    );
+    assert!(report.batches >= 3, "{report:?}");
+    assert!(journal(&mut w.terminal).is_empty());
+    let data = SamClient::new(&mut w.terminal).sam_data().unwrap();
+    assert_eq!(data.journal_count, 0);
 }

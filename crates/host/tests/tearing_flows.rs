@@ -17,13 +17,25 @@ const START: u32 = 1_000;
 fn images() -> &'static WorldImages {
     static W: OnceLock<WorldImages> = OnceLock::new();
     W.get_or_init(|| {
-        let mut w = World::new(1, &PurseParams {
-            log_capacity: 8,
-            ..Default::default()
-        })
+        let mut w = World::new(
+            1,
+            &PurseParams {
+                log_capacity: 8,
+                ..Default::default()
+            },
+        )
         .unwrap();
         let opts = w.issuer_opts();
-        flows::load_with(&mut w.purses[0], &mut w.issuer, LoadRequest { amount: START, terminal_time: T }, &opts).unwrap();
+        flows::load_with(
+            &mut w.purses[0],
+            &mut w.issuer,
+            LoadRequest {
+                amount: START,
+                terminal_time: T,
+            },
+            &opts,
+        )
+        .unwrap();
         w.images()
     })
 }
@@ -60,13 +72,33 @@ fn run_once(flow: Flow, side: Side, tear_ins: u8, plan: TearPlan) -> bool {
         Flow::Pay => (w.terminal_opts(), false),
     };
     let (before, logs_before) = purse_state(&mut w.purses[0]);
-    let journal_before = if sam_is_issuer { journal(&mut w.issuer) } else { journal(&mut w.terminal) };
-    let World { issuer, terminal, purses, .. } = &mut w;
+    let journal_before = if sam_is_issuer {
+        journal(&mut w.issuer)
+    } else {
+        journal(&mut w.terminal)
+    };
+    let World {
+        issuer,
+        terminal,
+        purses,
+        ..
+    } = &mut w;
     let sam: &mut Card = if sam_is_issuer { issuer } else { terminal };
     let purse = &mut purses[0];
-    let run = |p: &mut dyn tessera_host::transport::Transport, s: &mut dyn tessera_host::transport::Transport| -> Result<(u32, bool), FlowError> {
+    let run = |p: &mut dyn tessera_host::transport::Transport,
+               s: &mut dyn tessera_host::transport::Transport|
+     -> Result<(u32, bool), FlowError> {
         match flow {
-            Flow::Load => flows::load_with(p, s, LoadRequest { amount, terminal_time: T }, &opts).map(|r| (r.balance_after, r.sam_confirmed)),
+            Flow::Load => flows::load_with(
+                p,
+                s,
+                LoadRequest {
+                    amount,
+                    terminal_time: T,
+                },
+                &opts,
+            )
+            .map(|r| (r.balance_after, r.sam_confirmed)),
             Flow::Pay => flows::pay_with(
                 p,
                 s,
@@ -99,11 +131,21 @@ fn run_once(flow: Flow, side: Side, tear_ins: u8, plan: TearPlan) -> bool {
         Flow::Pay => before.balance - amount,
     };
     let (after, logs_after) = purse_state(&mut w.purses[0]);
-    assert!(w.purses[0].store_consistent(), "{ctx}: purse store inconsistent");
-    let sam: &mut Card = if sam_is_issuer { &mut w.issuer } else { &mut w.terminal };
+    assert!(
+        w.purses[0].store_consistent(),
+        "{ctx}: purse store inconsistent"
+    );
+    let sam: &mut Card = if sam_is_issuer {
+        &mut w.issuer
+    } else {
+        &mut w.terminal
+    };
     assert!(sam.store_consistent(), "{ctx}: SAM store inconsistent");
     let journal_after = journal(sam);
-    let new_entries: Vec<&JournalEntry> = journal_after.iter().filter(|e| !journal_before.contains(e)).collect();
+    let new_entries: Vec<&JournalEntry> = journal_after
+        .iter()
+        .filter(|e| !journal_before.contains(e))
+        .collect();
     match result {
         Ok((balance_after, sam_confirmed)) => {
             // Applied exactly once, recorded once on both sides with the same proof.
@@ -121,16 +163,31 @@ fn run_once(flow: Flow, side: Side, tear_ins: u8, plan: TearPlan) -> bool {
             // Nothing moved; any SAM entry made for it is VOID.
             assert_eq!(after.balance, before.balance, "{ctx}");
             assert_eq!(logs_after.len(), logs_before.len(), "{ctx}");
-            assert!(new_entries.iter().all(|e| e.status == status::VOID), "{ctx}: {new_entries:?}");
+            assert!(
+                new_entries.iter().all(|e| e.status == status::VOID),
+                "{ctx}: {new_entries:?}"
+            );
             assert_eq!(voided, !new_entries.is_empty(), "{ctx}");
         }
         Err(e) => panic!("{ctx}: flow failed: {e}"),
     }
-    assert!(journal_after.iter().all(|e| e.status != status::PENDING), "{ctx}: PENDING left");
+    assert!(
+        journal_after.iter().all(|e| e.status != status::PENDING),
+        "{ctx}: PENDING left"
+    );
     // The chips are usable afterwards: the next flow completes.
     let opts2 = opts.clone();
     let r = match flow {
-        Flow::Load => flows::load_with(&mut w.purses[0], &mut w.issuer, LoadRequest { amount: 1, terminal_time: T }, &opts2).map(|_| ()),
+        Flow::Load => flows::load_with(
+            &mut w.purses[0],
+            &mut w.issuer,
+            LoadRequest {
+                amount: 1,
+                terminal_time: T,
+            },
+            &opts2,
+        )
+        .map(|_| ()),
         Flow::Pay => flows::pay_with(
             &mut w.purses[0],
             &mut w.terminal,
@@ -164,6 +221,9 @@ fn walk(flow: Flow, side: Side, tear_ins: u8) -> u64 {
         k += 1;
         assert!(k < 100_000, "the command never completed");
     }
+    eprintln!(
+        "{flow:?}: cut on {side:?} at INS {tear_ins:02X}: {k} write indexes walked, plus after commit"
+    );
     assert!(run_once(
         flow,
         side,

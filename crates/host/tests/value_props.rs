@@ -64,12 +64,26 @@ impl Cut {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Load { card: usize, amount: u32, cut: Cut },
-    Pay { card: usize, amount: u32, pin: bool, cut: Cut },
+    Load {
+        card: usize,
+        amount: u32,
+        cut: Cut,
+    },
+    Pay {
+        card: usize,
+        amount: u32,
+        pin: bool,
+        cut: Cut,
+    },
     /// Replay the card's last LOAD or PURCHASE inside a fresh session of the same kind.
-    Replay { card: usize },
+    Replay {
+        card: usize,
+    },
     /// Send card `from`'s last LOAD to card `to`, inside `to`'s own load session.
-    WrongCard { from: usize, to: usize },
+    WrongCard {
+        from: usize,
+        to: usize,
+    },
 }
 
 fn cut() -> impl Strategy<Value = Cut> {
@@ -124,7 +138,15 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
                 if let Some(p) = cut.plan() {
                     tap = tap.arm(ins::LOAD, p);
                 }
-                let r = flows::load_with(&mut tap, &mut w.issuer, LoadRequest { amount, terminal_time: T }, &iopts);
+                let r = flows::load_with(
+                    &mut tap,
+                    &mut w.issuer,
+                    LoadRequest {
+                        amount,
+                        terminal_time: T,
+                    },
+                    &iopts,
+                );
                 if let Some(a) = tap.last_with_ins(ins::LOAD) {
                     last_value_apdu[card] = Some((ins::LOAD, a.clone()));
                 }
@@ -134,12 +156,19 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
                         prop_assert_eq!(rec.balance_after, expected[card], "{}", ctx);
                         prop_assert!(rec.sam_confirmed, "{}", ctx);
                     }
-                    Err(FlowError::OverMaximum) => prop_assert!(expected[card] + amount > 10_000, "{}", ctx),
+                    Err(FlowError::OverMaximum) => {
+                        prop_assert!(expected[card] + amount > 10_000, "{}", ctx)
+                    }
                     Err(FlowError::NotApplied { .. }) => prop_assert!(tap.cut, "{}", ctx),
                     Err(e) => prop_assert!(false, "{}: {}", ctx, e),
                 }
             }
-            Op::Pay { card, amount, pin, cut } => {
+            Op::Pay {
+                card,
+                amount,
+                pin,
+                cut,
+            } => {
                 let mut tap = Tap::new(&mut w.purses[card]);
                 if let Some(p) = cut.plan() {
                     tap = tap.arm(ins::PURCHASE, p);
@@ -161,14 +190,20 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
                         prop_assert_eq!(rec.balance_after, expected[card], "{}", ctx);
                         prop_assert!(rec.sam_confirmed, "{}", ctx);
                     }
-                    Err(FlowError::InsufficientFunds { .. }) => prop_assert!(expected[card] < amount, "{}", ctx),
-                    Err(FlowError::PinRequired { .. }) => prop_assert!(!pin && amount > 2_000, "{}", ctx),
+                    Err(FlowError::InsufficientFunds { .. }) => {
+                        prop_assert!(expected[card] < amount, "{}", ctx)
+                    }
+                    Err(FlowError::PinRequired { .. }) => {
+                        prop_assert!(!pin && amount > 2_000, "{}", ctx)
+                    }
                     Err(FlowError::NotApplied { .. }) => prop_assert!(tap.cut, "{}", ctx),
                     Err(e) => prop_assert!(false, "{}: {}", ctx, e),
                 }
             }
             Op::Replay { card } => {
-                let Some((ins_, apdu)) = last_value_apdu[card].clone() else { continue };
+                let Some((ins_, apdu)) = last_value_apdu[card].clone() else {
+                    continue;
+                };
                 let before = balance_counter(&mut w.purses[card]);
                 let mut c = PurseClient::new(&mut w.purses[card]);
                 c.select().unwrap();
@@ -187,7 +222,9 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
                 prop_assert_eq!(balance_counter(&mut w.purses[card]), before, "{}", ctx);
             }
             Op::WrongCard { from, to } => {
-                let Some((ins_, apdu)) = last_value_apdu[from].clone() else { continue };
+                let Some((ins_, apdu)) = last_value_apdu[from].clone() else {
+                    continue;
+                };
                 if ins_ != ins::LOAD {
                     continue;
                 }
@@ -206,19 +243,35 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
     // End of the sequence: logs, journals and balances agree.
     let ij = journal(&mut w.issuer);
     let tj = journal(&mut w.terminal);
-    prop_assert!(ij.iter().chain(tj.iter()).all(|e| e.status != status::PENDING), "PENDING entry left");
+    prop_assert!(
+        ij.iter()
+            .chain(tj.iter())
+            .all(|e| e.status != status::PENDING),
+        "PENDING entry left"
+    );
     for i in 0..CARDS {
         let (bal, counter) = balance_counter(&mut w.purses[i]);
         let log = logs(&mut w.purses[i]);
         prop_assert_eq!(log.len() as u32, counter);
-        let loads: u64 = log.iter().filter(|r| r.kind == kind::LOAD).map(|r| u64::from(r.amount)).sum();
-        let debits: u64 = log.iter().filter(|r| r.kind == kind::PURCHASE).map(|r| u64::from(r.amount)).sum();
+        let loads: u64 = log
+            .iter()
+            .filter(|r| r.kind == kind::LOAD)
+            .map(|r| u64::from(r.amount))
+            .sum();
+        let debits: u64 = log
+            .iter()
+            .filter(|r| r.kind == kind::PURCHASE)
+            .map(|r| u64::from(r.amount))
+            .sum();
         prop_assert_eq!(loads - debits, u64::from(bal), "card {} conservation", i);
         let ids: BTreeSet<_> = log.iter().map(|r| (r.sam_id, r.sam_txn)).collect();
         prop_assert_eq!(ids.len(), log.len(), "card {}: a message applied twice", i);
         let purse_id = tessera_purse::wire::purse_id_for(&[0x04, 0, 0, 0, 0, 0, (i + 1) as u8]);
         let card_side = |k: u8| -> BTreeSet<(u32, u32, [u8; 8])> {
-            log.iter().filter(|r| r.kind == k).map(|r| (r.sam_txn, r.amount, r.proof)).collect()
+            log.iter()
+                .filter(|r| r.kind == k)
+                .map(|r| (r.sam_txn, r.amount, r.proof))
+                .collect()
         };
         let sam_side = |j: &[JournalEntry]| -> BTreeSet<(u32, u32, [u8; 8])> {
             j.iter()
@@ -226,8 +279,18 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
                 .map(|e| (e.seq, e.amount, e.proof))
                 .collect()
         };
-        prop_assert_eq!(card_side(kind::LOAD), sam_side(&ij), "card {}: issuer journal vs card log", i);
-        prop_assert_eq!(card_side(kind::PURCHASE), sam_side(&tj), "card {}: terminal journal vs card log", i);
+        prop_assert_eq!(
+            card_side(kind::LOAD),
+            sam_side(&ij),
+            "card {}: issuer journal vs card log",
+            i
+        );
+        prop_assert_eq!(
+            card_side(kind::PURCHASE),
+            sam_side(&tj),
+            "card {}: terminal journal vs card log",
+            i
+        );
     }
     Ok(())
 }

@@ -106,7 +106,9 @@ fn replay(log: &[u8]) -> (BTreeMap<Vec<u8>, Vec<u8>>, usize) {
     let mut map = BTreeMap::new();
     let mut at = 0usize;
     while let Some(rest) = log.get(at..).filter(|r| !r.is_empty()) {
-        let Some((ops, used)) = decode_batch(rest) else { break };
+        let Some((ops, used)) = decode_batch(rest) else {
+            break;
+        };
         for op in ops {
             match op {
                 (k, Some(v)) => {

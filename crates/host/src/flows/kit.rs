@@ -24,7 +24,10 @@ pub enum KitError {
 
 /// The load files of the value applets (purse and SAM).
 pub fn load_files() -> Vec<LoadFile> {
-    vec![tessera_purse::applet::load_file(), tessera_sam::applet::load_file()]
+    vec![
+        tessera_purse::applet::load_file(),
+        tessera_sam::applet::load_file(),
+    ]
 }
 
 /// Parameters of a purse card.
@@ -91,8 +94,14 @@ impl Default for SamParams {
     }
 }
 
-fn chip(card_id: Vec<u8>, seed: Option<[u8; 32]>) -> Card {
+/// NVM quota of a SAM: room for about 1000 journal entries (a purse keeps the OS default).
+pub const SAM_MEMORY_QUOTA: usize = 256 * 1024;
+
+fn chip(card_id: Vec<u8>, seed: Option<[u8; 32]>, quota: Option<usize>) -> Card {
     let mut b = Card::builder().card_id(card_id).load_files(load_files());
+    if let Some(q) = quota {
+        b = b.memory_quota(q);
+    }
     if let Some(s) = seed {
         b = b.seed(s);
     }
@@ -108,7 +117,11 @@ fn sam_card_id(sam_id: [u8; 4]) -> Vec<u8> {
 /// A new issuer SAM: the SAM applet installed with role ISSUER (it generates its master keys
 /// and its RSA personalisation key inside itself). Powered on, not unlocked.
 pub fn new_issuer_sam(params: &SamParams) -> Result<Card, KitError> {
-    let mut card = chip(sam_card_id(params.sam_id), params.seed);
+    let mut card = chip(
+        sam_card_id(params.sam_id),
+        params.seed,
+        Some(SAM_MEMORY_QUOTA),
+    );
     let install = SamInstall {
         sam_id: params.sam_id,
         role: role::ISSUER,
@@ -125,14 +138,17 @@ pub fn new_issuer_sam(params: &SamParams) -> Result<Card, KitError> {
 
 /// A purse card personalised through the issuer SAM (open: selected and unlocked). The
 /// returned card is powered on.
-pub fn issue_purse<S: Transport + ?Sized>(issuer: &mut S, params: &PurseParams) -> Result<(Card, PurseData), KitError> {
+pub fn issue_purse<S: Transport + ?Sized>(
+    issuer: &mut S,
+    params: &PurseParams,
+) -> Result<(Card, PurseData), KitError> {
     let spki = SamClient::new(&mut *issuer)
         .perso_public_key()
         .map_err(|e| FlowError::Step {
             step: "GET PERSO PUBLIC KEY",
             source: e,
         })?;
-    let mut card = chip(params.card_id.clone(), params.seed);
+    let mut card = chip(params.card_id.clone(), params.seed, None);
     let install = PurseInstall {
         currency: params.currency,
         max_balance: params.max_balance,
@@ -143,7 +159,12 @@ pub fn issue_purse<S: Transport + ?Sized>(issuer: &mut S, params: &PurseParams) 
         pin: params.pin.clone(),
         issuer_perso_spki: spki,
     };
-    card.install("purse", &PURSE_AID, Privileges::default(), &install.encode())?;
+    card.install(
+        "purse",
+        &PURSE_AID,
+        Privileges::default(),
+        &install.encode(),
+    )?;
     card.power_on();
     let data = personalise_purse(&mut card, issuer)?;
     Ok((card, data))
@@ -151,14 +172,21 @@ pub fn issue_purse<S: Transport + ?Sized>(issuer: &mut S, params: &PurseParams) 
 
 /// A SAM of `params.role` personalised through the issuer SAM (open). The returned SAM is
 /// powered on and open (selected and unlocked).
-pub fn issue_sam<S: Transport + ?Sized>(issuer: &mut S, params: &SamParams) -> Result<(Card, SamData), KitError> {
+pub fn issue_sam<S: Transport + ?Sized>(
+    issuer: &mut S,
+    params: &SamParams,
+) -> Result<(Card, SamData), KitError> {
     let spki = SamClient::new(&mut *issuer)
         .perso_public_key()
         .map_err(|e| FlowError::Step {
             step: "GET PERSO PUBLIC KEY",
             source: e,
         })?;
-    let mut card = chip(sam_card_id(params.sam_id), params.seed);
+    let mut card = chip(
+        sam_card_id(params.sam_id),
+        params.seed,
+        Some(SAM_MEMORY_QUOTA),
+    );
     let install = SamInstall {
         sam_id: params.sam_id,
         role: params.role,
@@ -277,7 +305,8 @@ impl WorldImages {
     /// Fresh chips from the images: powered on, SAMs open.
     pub fn restore(&self) -> Result<World, KitError> {
         let open = |b: &[u8]| -> Result<Card, KitError> {
-            let mut c = Card::from_image_bytes(b, load_files()).map_err(|e| KitError::Install(OsError::Image(e)))?;
+            let mut c = Card::from_image_bytes(b, load_files())
+                .map_err(|e| KitError::Install(OsError::Image(e)))?;
             c.power_on();
             Ok(c)
         };
@@ -285,7 +314,11 @@ impl WorldImages {
         open_sam(&mut issuer, &self.issuer_pin)?;
         let mut terminal = open(&self.terminal)?;
         open_sam(&mut terminal, &self.terminal_pin)?;
-        let purses = self.purses.iter().map(|b| open(b)).collect::<Result<Vec<_>, _>>()?;
+        let purses = self
+            .purses
+            .iter()
+            .map(|b| open(b))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(World {
             issuer,
             terminal,

@@ -1,0 +1,92 @@
+//! The value commands end to end through the `tessera` binary: scheme, issue, load, pay,
+//! refusals, views, journal and settlement, and the demo.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok_json(args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let o = tessera(&a);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn p(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+#[test]
+fn issue_load_pay_show_settle() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let scheme = p(d, "scheme");
+    let card = p(d, "a.card");
+    let sam = p(d, "t.sam");
+    ok_json(&["scheme", "init", &scheme]);
+    ok_json(&[
+        "card", "issue", "--scheme", &scheme, "--out", &card, "--pin", "1234",
+    ]);
+    ok_json(&[
+        "sam", "issue", "--scheme", &scheme, "--role", "terminal", "--out", &sam,
+    ]);
+    let r = ok_json(&[
+        "load", "--scheme", &scheme, "--card", &card, "--amount", "3000",
+    ]);
+    assert_eq!(r["balance_after"], 3000);
+    let r = ok_json(&["pay", "--sam", &sam, "--card", &card, "--amount", "500"]);
+    assert_eq!(r["balance_after"], 2500);
+
+    // Refusals exit non-zero and name the reason; nothing moves.
+    let o = tessera(&["pay", "--sam", &sam, "--card", &card, "--amount", "2500"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("PIN required"));
+    let o = tessera(&[
+        "pay", "--sam", &sam, "--card", &card, "--amount", "2600", "--pin", "1234",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("insufficient funds"));
+    let o = tessera(&[
+        "load", "--scheme", &scheme, "--card", &card, "--amount", "99000",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("over maximum"));
+
+    let show = ok_json(&["purse", "show", "--card", &card]);
+    assert_eq!(show["balance"], 2500);
+    assert_eq!(show["currency"], 978);
+    assert_eq!(show["counter"], 2);
+    let log = ok_json(&["purse", "log", "--card", &card]);
+    assert_eq!(log["records"].as_array().unwrap().len(), 2);
+
+    let export = p(d, "journal.json");
+    let j = ok_json(&[
+        "sam", "journal", "--sam", &sam, "--export", &export, "--settle", "--scheme", &scheme,
+    ]);
+    assert_eq!(j["settlement"]["purchases_total"], 500);
+    assert!(Path::new(&export).exists());
+    let j = ok_json(&["sam", "journal", "--sam", &sam]);
+    assert_eq!(j["journal"]["entries"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn demo_runs_and_checks_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = tessera(&["demo", "--dir", &p(dir.path(), "demo")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("refused as expected"));
+    assert!(text.contains("Alice's balance 12.50: ok"));
+}
