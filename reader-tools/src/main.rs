@@ -24,7 +24,11 @@ pub struct Global {
 }
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "Smart-card OS emulator: purse, ticket and SAM applets, PC/SC virtual cards, APDU scripts")]
+#[command(
+    name = "tessera",
+    version,
+    about = "Smart-card OS emulator: purse, ticket and SAM applets, PC/SC virtual cards, APDU scripts"
+)]
 struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
