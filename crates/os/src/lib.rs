@@ -51,3 +51,8 @@ pub use image::ImageError;
 pub use pin::Pin;
 pub use store::{MemoryUsage, TearPlan};
 pub use tessera_apdu::{Command, Response, Sw};
+
+/// The README's embedding example, compiled and run as a doctest so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeExample;
