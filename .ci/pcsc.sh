@@ -73,8 +73,9 @@ fi
 
 # ---- 3. pcscd ----------------------------------------------------------------------------
 if "$T" readers >/dev/null 2>&1; then
-    # A pcscd started before vpcd was installed has no virtual reader: it must be
-    # restarted, which we only do for one we own (systemd-managed here).
+    # A pcscd started before vpcd was installed (e.g. by the package's systemd unit) has no
+    # virtual reader. If systemd manages it, restart it through systemd so that it reads
+    # /etc/reader.conf.d/vpcd; any other foreign pcscd is left alone and reported.
     if ! "$T" readers 2>/dev/null | grep -q "^$R0\$"; then
         if command -v systemctl >/dev/null && systemctl restart pcscd >>"$LOG" 2>&1; then
             say "restarted the system pcscd to load vpcd"

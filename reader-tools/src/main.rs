@@ -27,7 +27,7 @@ pub struct Global {
 #[command(
     name = "tessera",
     version,
-    about = "Smart-card OS emulator: purse, ticket and SAM applets, PC/SC virtual cards, APDU scripts"
+    about = "Smart-card OS emulator: purse and SAM applets, PC/SC virtual cards, APDU scripts"
 )]
 struct Cli {
     /// Machine-readable JSON output.

@@ -63,7 +63,36 @@ impl CardSlot {
             Err(e) => {
                 tracing::error!(path = %self.path.display(), error = %e, "cannot save the card image");
                 eprintln!("tessera serve: cannot save {}: {e}", self.path.display());
+                self.fall_back_to_saved();
                 Err(())
+            }
+        }
+    }
+}
+
+impl CardSlot {
+    /// After a failed save the card in memory is ahead of its image: a restart would lose
+    /// what the card has already committed (and perhaps proved to a SAM). Go back to the
+    /// last saved image, so that memory and disk agree again and the host's recovery step
+    /// (e.g. GET TRANSACTION STATUS) sees what a restarted card would see. If the image
+    /// cannot be read either, the card stays powered off and every APDU answers 6F00.
+    fn fall_back_to_saved(&mut self) {
+        match Card::open_image(&self.path, crate::applets::load_files()) {
+            Ok(mut card) => {
+                card.power_on();
+                self.written = card.nvm_bytes_written();
+                self.card = card;
+                eprintln!(
+                    "tessera serve: {} reloaded from its last saved state (the unsaved command is not applied)",
+                    self.path.display()
+                );
+            }
+            Err(e) => {
+                self.card.power_off();
+                eprintln!(
+                    "tessera serve: cannot reload {}: {e}; the card stays mute",
+                    self.path.display()
+                );
             }
         }
     }

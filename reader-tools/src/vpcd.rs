@@ -198,7 +198,17 @@ pub fn serve_stream(
                 continue;
             };
             if let Some(reply) = handle(r, msg) {
-                stream.write_all(&encode(&reply)?)?;
+                // A response that a vpcd frame cannot carry (over 65,535 bytes, e.g. an
+                // extended Le of 65,536 with 2 status bytes) is answered 6F00 rather than
+                // dropping the connection, which pcscd would report as card removal.
+                let frame = match encode(&reply) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "response too long for vpcd; answered 6F00");
+                        encode(&[0x6F, 0x00])?
+                    }
+                };
+                stream.write_all(&frame)?;
             }
         }
     }

@@ -296,3 +296,47 @@ fn echo_floor_answers_9000() {
     send(&mut s, &[0x01]);
     assert_eq!(apdu(&mut s, "00A4040000"), "9000");
 }
+
+#[test]
+fn oversized_response_answers_6f00_and_keeps_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("card.tsr");
+    new_image(&image);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let _p = serve(&image, port);
+    let mut s = accept(&l);
+    send(&mut s, &[0x01]);
+    assert_eq!(
+        apdu(&mut s, "00A4040007F054455353010100"),
+        "6F098407F05445535301019000"
+    );
+    // diag INS 12 with P1P2 = FFFF and extended Le 65536: 65,535 data bytes + SW do not
+    // fit one vpcd frame (at most 65,535 bytes).
+    assert_eq!(apdu(&mut s, "8012FFFF000000"), "6F00");
+    // The connection is still up and the card still answers.
+    assert_eq!(apdu(&mut s, "8010000002CAFE00"), "CAFE9000");
+}
+
+#[test]
+fn failed_save_does_not_let_memory_run_ahead_of_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("cards");
+    std::fs::create_dir(&sub).unwrap();
+    let image = sub.join("card.tsr");
+    new_image(&image);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let _p = serve(&image, port);
+    let mut s = accept(&l);
+    send(&mut s, &[0x01]);
+    assert_eq!(
+        apdu(&mut s, "00A4040007F054455353010100"),
+        "6F098407F05445535301019000"
+    );
+    // The image's directory disappears: the write cannot be saved, so it is answered 6F00
+    // and not kept in memory either (nothing to reload: the card stays mute).
+    std::fs::remove_dir_all(&sub).unwrap();
+    assert_eq!(apdu(&mut s, "8014050002ABCD"), "6F00");
+    assert_eq!(apdu(&mut s, "8016050000"), "6F00");
+}
