@@ -8,7 +8,8 @@ use tessera_crypto::cipher::{
 };
 use tessera_crypto::cmac::{aes_cmac, aes_cmac_verify, tdes_cmac, tdes_cmac_verify};
 use tessera_crypto::kdf::{
-    CmacPrf, CounterLocation, an10922_aes128, sp800_108_cmac_scp03, sp800_108_counter_cmac,
+    CmacPrf, CounterLocation, an10922_2tdea, an10922_3tdea, an10922_aes128, sp800_108_cmac_scp03,
+    sp800_108_counter_cmac,
 };
 use tessera_crypto::padding::Padding;
 use tessera_crypto::rsa::{RsaPrivateKey, RsaPublicKey};
@@ -331,27 +332,59 @@ fn rsa_oaep_sha256_decrypt() {
     println!("vectors: RSA OAEP: {neg} corrupted ciphertexts rejected");
 }
 
-#[test]
-fn an10922_example() {
-    let text = read("an10922/an10922-aes128.txt").unwrap();
-    let recs = parse_kv(&text, &["COUNT"]).unwrap();
-    assert_eq!(recs.len(), 1);
+/// One AN10922 example file: MASTER, M = UID || AID || SYSID, DIVKEY.
+fn an10922_file(rel: &str, derive: impl Fn(&[u8], &[u8]) -> Vec<u8>) -> usize {
+    let text = read(rel).unwrap();
+    let recs = parse_kv(&text, &["COUNT"]).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    assert!(!recs.is_empty(), "{rel}: no vectors");
     for r in &recs {
-        let master: [u8; 16] = r.hex("MASTER").unwrap().try_into().unwrap();
+        let master = r.hex("MASTER").unwrap();
         let m = [
             r.hex("UID").unwrap(),
             r.hex("AID").unwrap(),
             r.hex("SYSID").unwrap(),
         ]
         .concat();
+        let want = r.hex("DIVKEY").unwrap();
         assert_eq!(
-            an10922_aes128(&master, &m).unwrap().to_vec(),
-            r.hex("DIVKEY").unwrap()
+            hex::encode_upper(derive(&master, &m)),
+            hex::encode_upper(&want),
+            "{}",
+            ctx(rel, r)
         );
     }
+    recs.len()
+}
+
+#[test]
+fn an10922_example() {
+    let files = list("an10922").unwrap();
+    assert_eq!(files.len(), 3, "expected 3 AN10922 example files");
+    let n = an10922_file("an10922/an10922-aes128.txt", |k, m| {
+        an10922_aes128(&k.try_into().unwrap(), m).unwrap().to_vec()
+    });
+    assert_eq!(n, 1);
     report(
         "NXP AN10922 AES-128 diversification (published example)",
-        recs.len(),
+        n,
+        0,
+    );
+    let n = an10922_file("an10922/an10922-2tdea.txt", |k, m| {
+        an10922_2tdea(&k.try_into().unwrap(), m).unwrap().to_vec()
+    });
+    assert_eq!(n, 1);
+    report(
+        "NXP AN10922 2TDEA diversification (published example)",
+        n,
+        0,
+    );
+    let n = an10922_file("an10922/an10922-3tdea.txt", |k, m| {
+        an10922_3tdea(&k.try_into().unwrap(), m).unwrap().to_vec()
+    });
+    assert_eq!(n, 1);
+    report(
+        "NXP AN10922 3TDEA diversification (published example)",
+        n,
         0,
     );
 }

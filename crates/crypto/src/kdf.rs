@@ -209,11 +209,25 @@ pub fn an10922_aes128(master: &[u8; 16], div_input: &[u8]) -> Result<[u8; 16], C
     Ok(key)
 }
 
+/// DESFire keeps the version of a DES / 3DES key in the least significant
+/// (parity) bit of each of its first 8 bytes, most significant version bit
+/// first. AN10922 TDEA diversification carries the master key's version over
+/// to the diversified key: the LSBs of bytes 0..8 of the CMAC output are
+/// replaced by those of the master key; every other bit (including the
+/// parity bits of the later key parts) is the CMAC output as is.
+fn restore_des_version(key: &mut [u8], master: &[u8]) {
+    for (k, m) in key.iter_mut().zip(master).take(8) {
+        *k = (*k & 0xFE) | (*m & 0x01);
+    }
+}
+
 /// NXP AN10922 2TDEA diversification: `CMAC(K, 0x21 || M) || CMAC(K, 0x22 ||
-/// M)`, each input padded to 16 bytes; `div_input` 1..=15 bytes.
+/// M)` (3DES-CMAC, each input padded to 16 bytes), then the master key's
+/// version bits restored (LSBs of bytes 0..8, see `restore_des_version`);
+/// `div_input` 1..=15 bytes.
 ///
-/// Not checked against a published vector (only AES-128 is; see
-/// docs/crypto.md). DES parity/version bits are left as the CMAC produced them.
+/// Checked against the published AN10922 2TDEA example (test-vectors
+/// `data/an10922/an10922-2tdea.txt`, docs/crypto.md).
 pub fn an10922_2tdea(master: &[u8; 16], div_input: &[u8]) -> Result<[u8; 16], CryptoError> {
     check_div_input(div_input, 15)?;
     let engine = Engine::tdes(master)?;
@@ -222,12 +236,16 @@ pub fn an10922_2tdea(master: &[u8; 16], div_input: &[u8]) -> Result<[u8; 16], Cr
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&a);
     key[8..].copy_from_slice(&b);
+    restore_des_version(&mut key, master);
     Ok(key)
 }
 
-/// NXP AN10922 3TDEA diversification: constants 0x31, 0x32, 0x33, each input
-/// padded to 16 bytes; `div_input` 1..=15 bytes. Same caveat as
-/// [`an10922_2tdea`].
+/// NXP AN10922 3TDEA diversification: constants 0x31, 0x32, 0x33 (3-key
+/// 3DES-CMAC, each input padded to 16 bytes), then the master key's version
+/// bits restored as in [`an10922_2tdea`]; `div_input` 1..=15 bytes.
+///
+/// Checked against the published AN10922 3TDEA example (test-vectors
+/// `data/an10922/an10922-3tdea.txt`).
 pub fn an10922_3tdea(master: &[u8; 24], div_input: &[u8]) -> Result<[u8; 24], CryptoError> {
     check_div_input(div_input, 15)?;
     let engine = Engine::tdes(master)?;
@@ -236,6 +254,7 @@ pub fn an10922_3tdea(master: &[u8; 24], div_input: &[u8]) -> Result<[u8; 24], Cr
         let part = an10922_cmac(&engine, c, div_input, 16)?;
         chunk.copy_from_slice(&part);
     }
+    restore_des_version(&mut key, master);
     Ok(key)
 }
 
@@ -279,19 +298,90 @@ mod tests {
         );
     }
 
+    /// Published AN10922 2TDEA example (as quoted verbatim by
+    /// hst125fan/nxp-key-diversification and mittelab/libspookyaction; see
+    /// test-vectors/README.md): M = UID || AID || "NXP A".
+    #[test]
+    fn an10922_2tdea_published_example() {
+        let master: [u8; 16] = h("00112233445566778899AABBCCDDEEFF").try_into().unwrap();
+        let m = h("04782E21801D803042F54E58502041");
+        let k = an10922_2tdea(&master, &m).unwrap();
+        assert_eq!(k.to_vec(), h("16F9587D9E8910C96B9648D006107DD7"));
+    }
+
+    /// Published AN10922 3TDEA example (libfreefare, hst125fan and
+    /// libspookyaction quote the same value): M = UID || AID || "NXP".
+    #[test]
+    fn an10922_3tdea_published_example() {
+        let master: [u8; 24] = h("00112233445566778899AABBCCDDEEFF0102030405060708")
+            .try_into()
+            .unwrap();
+        let m = h("04782E21801D803042F54E5850");
+        let k = an10922_3tdea(&master, &m).unwrap();
+        assert_eq!(
+            k.to_vec(),
+            h("2E0DD03774D3FA9B5705AB0BDA91CA0B55B8E07FCDBF10EC")
+        );
+    }
+
+    /// DES ignores the parity bits, so changing only the master key's version
+    /// bits (LSBs of bytes 0..8, 0x55 in the published examples) leaves the
+    /// CMACs unchanged and must change exactly the LSBs of bytes 0..8 of the
+    /// diversified key.
+    #[test]
+    fn an10922_tdea_version_bits_follow_master() {
+        let flip_version = |v: &mut [u8]| {
+            for b in v.iter_mut().take(8) {
+                *b ^= 0x01;
+            }
+        };
+        let mut master: [u8; 16] = h("00112233445566778899AABBCCDDEEFF").try_into().unwrap();
+        flip_version(&mut master); // version 0xAA
+        let mut want = h("16F9587D9E8910C96B9648D006107DD7");
+        flip_version(&mut want);
+        let k = an10922_2tdea(&master, &h("04782E21801D803042F54E58502041")).unwrap();
+        assert_eq!(k.to_vec(), want);
+
+        let mut master: [u8; 24] = h("00112233445566778899AABBCCDDEEFF0102030405060708")
+            .try_into()
+            .unwrap();
+        flip_version(&mut master);
+        let mut want = h("2E0DD03774D3FA9B5705AB0BDA91CA0B55B8E07FCDBF10EC");
+        flip_version(&mut want);
+        let k = an10922_3tdea(&master, &h("04782E21801D803042F54E5850")).unwrap();
+        assert_eq!(k.to_vec(), want);
+    }
+
+    /// With a 15-byte M, `const || M` is exactly one 16-byte two-block input:
+    /// each part is plain 3DES-CMAC (SP 800-38B), apart from the version bits
+    /// of the first part, which come from the master key.
     #[test]
     fn an10922_tdea_matches_cmac_for_full_block() {
-        // 0x21 || 15-byte M is exactly 16 bytes: plain 3DES-CMAC.
-        let master = [0x24u8; 16];
+        let with_version = |mac: [u8; 8], master: &[u8]| -> Vec<u8> {
+            mac.iter()
+                .zip(master)
+                .map(|(c, m)| (c & 0xFE) | (m & 0x01))
+                .collect()
+        };
+        let cmac = |key: &[u8], c: u8, m: &[u8]| {
+            let mut d = vec![c];
+            d.extend_from_slice(m);
+            crate::cmac::tdes_cmac(key, &d).unwrap()
+        };
         let m = [0x11u8; 15];
+
+        let master: [u8; 16] = h("0123456789ABCDEFFEDCBA9876543210").try_into().unwrap();
         let k = an10922_2tdea(&master, &m).unwrap();
-        let mut d1 = vec![0x21];
-        d1.extend_from_slice(&m);
-        let mut d2 = vec![0x22];
-        d2.extend_from_slice(&m);
-        assert_eq!(&k[..8], &crate::cmac::tdes_cmac(&master, &d1).unwrap());
-        assert_eq!(&k[8..], &crate::cmac::tdes_cmac(&master, &d2).unwrap());
-        assert!(an10922_3tdea(&[0x10u8; 24], &m).is_ok());
+        assert_eq!(k[..8], with_version(cmac(&master, 0x21, &m), &master)[..]);
+        assert_eq!(k[8..], cmac(&master, 0x22, &m));
+
+        let master: [u8; 24] = h("0123456789ABCDEF23456789ABCDEF01456789ABCDEF0123")
+            .try_into()
+            .unwrap();
+        let k = an10922_3tdea(&master, &m).unwrap();
+        assert_eq!(k[..8], with_version(cmac(&master, 0x31, &m), &master)[..]);
+        assert_eq!(k[8..16], cmac(&master, 0x32, &m));
+        assert_eq!(k[16..], cmac(&master, 0x33, &m));
     }
 
     #[test]
