@@ -8,6 +8,7 @@
 //! | `val` | [`Value`]: balance and counter, the ONE value-bearing record | LOAD, PURCHASE |
 //! | `keys` | load and debit keys with number and version (2 × usage, number, version, key16) | PUT KEYS |
 //! | `kt` | transport key and nonce between INIT PERSO and PUT KEYS | INIT PERSO (erased by PUT KEYS) |
+//! | `att` | RSA-2048 attestation private key (PKCS#8 DER), generated inside the purse; never output | install |
 //! | `log/` + slot | [`LogRecord`] of the transaction that used counter `c`, slot = `c mod N` | LOAD, PURCHASE |
 //!
 //! A LOAD or PURCHASE stages `val` and one log slot; the OS commits them as one batch
@@ -18,14 +19,14 @@
 use crate::keyblob::{self, Key16, KeyBlobError};
 use crate::macs::{mac8, verify8};
 use crate::wire::{
-    self, Balance, CLA, FLAG_PERSONALISED, FLAG_PIN_SET, FLAG_PIN_VALIDATED, InitLoadResponse,
+    self, AttestedKeyRequest, Balance, CLA, FLAG_PERSONALISED, FLAG_PIN_SET, FLAG_PIN_VALIDATED, InitLoadResponse,
     InitPurchase, InitPurchaseResponse, KeyBlob, Load, LogRecord, Mac, Purchase, PurseData,
     PurseId, PurseInstall, TxnStatus, TxnStatusQuery, ValueReceipt, ins, kind, sw, usage,
 };
 use serde::{Deserialize, Serialize};
 use tessera_apdu::{Command, Sw};
 use tessera_crypto::rng::CardRng;
-use tessera_crypto::rsa::RsaPublicKey;
+use tessera_crypto::rsa::{RsaPrivateKey, RsaPublicKey};
 use tessera_os::{Applet, Clear, Context, LoadFile, Pin};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -38,6 +39,7 @@ const K_CFG: &[u8] = b"cfg";
 const K_VAL: &[u8] = b"val";
 const K_KEYS: &[u8] = b"keys";
 const K_KT: &[u8] = b"kt";
+const K_ATT: &[u8] = b"att";
 const LOG_PREFIX: &[u8] = b"log/";
 const T_SESSION: &[u8] = b"session";
 
@@ -289,6 +291,13 @@ impl Purse {
             pin_set,
             issuer_spki: p.issuer_perso_spki,
         };
+        // The attestation key pair is generated here, inside the purse; only its public
+        // key leaves (GET ATTESTATION KEY), for the manufacturer CA to certify.
+        let mut seed = Zeroizing::new([0u8; 32]);
+        ctx.random(&mut seed[..]);
+        let mut rng = CardRng::from_seed(*seed);
+        let att = RsaPrivateKey::generate(2048, &mut rng).map_err(crypto_err)?;
+        ctx.put(K_ATT, &att.to_pkcs8_der().map_err(crypto_err)?)?;
         ctx.save(K_CFG, &cfg)?;
         ctx.save(
             K_VAL,
@@ -372,12 +381,27 @@ impl Purse {
             .ok_or(Sw::RECORD_NOT_FOUND)
     }
 
+    fn attestation_key(ctx: &Context<'_>) -> Result<RsaPrivateKey, Sw> {
+        let der = Zeroizing::new(ctx.get(K_ATT).ok_or(Sw::CONDITIONS_NOT_SATISFIED)?);
+        RsaPrivateKey::from_pkcs8_der(&der).map_err(crypto_err)
+    }
+
+    fn get_attestation_key(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        no_data(cmd)?;
+        Purse::attestation_key(ctx)?
+            .public_key()
+            .to_spki_der()
+            .map_err(crypto_err)
+    }
+
     fn init_perso(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         p1p2(cmd, 0, 0)?;
         no_data(cmd)?;
         if read_keys(ctx)?.is_some() {
             return Err(sw::NOT_PERSONALISED);
         }
+        let att = Purse::attestation_key(ctx)?;
         let cfg = config(ctx)?;
         let mut kt = Zeroizing::new([0u8; 16]);
         ctx.random(&mut kt[..]);
@@ -387,8 +411,15 @@ impl Purse {
         let mut rng = CardRng::from_seed(*seed);
         let t = keyblob::request(&cfg.issuer_spki, kt, nonce, &cfg.purse_id, &mut rng)
             .map_err(crypto_err)?;
+        let signature = att
+            .sign_pkcs1v15_sha256(&wire::key_request_signed_input(&t.ciphertext))
+            .map_err(crypto_err)?;
         ctx.put(K_KT, &t.record)?;
-        Ok(t.ciphertext)
+        Ok(AttestedKeyRequest {
+            ciphertext: t.ciphertext,
+            signature,
+        }
+        .encode())
     }
 
     fn put_keys(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
@@ -695,17 +726,16 @@ impl Purse {
         } else {
             &keys.debit.key
         };
-        let mac = mac8(
-            key,
-            &wire::txn_status_mac_input(&cfg.purse_id, &q, applied, &record),
-        )
-        .map_err(crypto_err)?;
-        Ok(TxnStatus {
+        let mut status = TxnStatus {
             applied,
             record,
-            mac,
-        }
-        .encode())
+            // Every record of a counter in oldest..counter is held (slot c mod capacity).
+            oldest_logged_counter: val.counter.saturating_sub(log_count(&cfg, &val)),
+            mac: [0; 8],
+        };
+        status.mac = mac8(key, &wire::txn_status_mac_input(&cfg.purse_id, &q, &status))
+            .map_err(crypto_err)?;
+        Ok(status.encode())
     }
 }
 
@@ -740,6 +770,7 @@ impl Applet for Purse {
             ins::READ_LOG => Purse::read_log(ctx, cmd),
             ins::INIT_PERSO => Purse::init_perso(ctx, cmd),
             ins::PUT_KEYS => Purse::put_keys(ctx, cmd),
+            ins::GET_ATTESTATION_KEY => Purse::get_attestation_key(ctx, cmd),
             ins::INIT_LOAD => Purse::init_load(ctx, cmd),
             ins::LOAD => Purse::load(ctx, cmd),
             ins::INIT_PURCHASE => Purse::init_purchase(ctx, cmd),

@@ -24,6 +24,9 @@ pub mod ins {
     pub const READ_LOG: u8 = 0x34;
     pub const INIT_PERSO: u8 = 0x36;
     pub const PUT_KEYS: u8 = 0x38;
+    /// GET ATTESTATION KEY (80 3A 00 00 Le) → DER SubjectPublicKeyInfo of the purse's
+    /// RSA-2048 attestation key (generated inside the purse at installation).
+    pub const GET_ATTESTATION_KEY: u8 = 0x3A;
     pub const INIT_LOAD: u8 = 0x40;
     pub const LOAD: u8 = 0x42;
     pub const INIT_PURCHASE: u8 = 0x50;
@@ -558,30 +561,42 @@ pub fn debit_proof_mac_input(
 
 message!(
     /// GET TRANSACTION STATUS command data (80 54 P1=key usage 01 load / 02 debit, 00,
-    /// Lc data Le): which SAM transaction the host asks about.
-    TxnStatusQuery, 4 + 4, {
+    /// Lc data Le): which SAM transaction the host asks about, and the SAM's fresh
+    /// resolve challenge (SAM BEGIN RESOLVE) that the answer's MAC covers, so that a
+    /// "not applied" answer cannot have been obtained before the authorisation existed.
+    TxnStatusQuery, 4 + 4 + 8, {
     sam_id: b4,
     sam_txn: u32,
+    sam_challenge: b8,
 });
 
-/// GET TRANSACTION STATUS response. `applied` = 0x01: the transaction is in the log and
-/// `record` is its log record (with the same proof the card returned first). `applied` =
-/// 0x00: the card has no such transaction and never will (its session challenge is gone);
-/// `record` is all zeros except `counter` (the purse's current counter). `mac` covers
-/// [`txn_status_mac_input`] under the key selected by P1, so a SAM can void its pending
-/// authorisation on the card's word.
+/// GET TRANSACTION STATUS response: applied (1) | record (37) | oldest_logged_counter
+/// u32 | mac (8).
+///
+/// `applied` = 0x01: the transaction is in the log and `record` is its log record (with
+/// the same proof the card returned first). `applied` = 0x00: the card has no such
+/// transaction in its log and never will apply it (its session challenge is gone);
+/// `record` is all zeros except `counter` (the purse's current counter).
+/// `oldest_logged_counter` (both answers): the counter of the oldest log record the purse
+/// still holds, or its current counter when the log is empty — every transaction the
+/// purse applied with a counter in `oldest_logged_counter..counter` is in its log, so a
+/// "not applied" answer is conclusive for an authorisation made for a counter `c >=
+/// oldest_logged_counter`. `mac` covers [`txn_status_mac_input`] under the key selected
+/// by P1, so a SAM can void its pending authorisation on the card's word.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnStatus {
     pub applied: bool,
     pub record: LogRecord,
+    pub oldest_logged_counter: u32,
     pub mac: Mac,
 }
 
 impl TxnStatus {
-    pub const LEN: usize = 1 + LogRecord::LEN + MAC_LEN;
+    pub const LEN: usize = 1 + LogRecord::LEN + 4 + MAC_LEN;
     pub fn encode(&self) -> Vec<u8> {
         let mut v = vec![u8::from(self.applied)];
         v.extend_from_slice(&self.record.encode());
+        v.extend_from_slice(&self.oldest_logged_counter.to_be_bytes());
         v.extend_from_slice(&self.mac);
         v
     }
@@ -599,27 +614,30 @@ impl TxnStatus {
         };
         let rec = r.bytes::<{ LogRecord::LEN }>()?;
         let record = LogRecord::decode(&rec)?;
+        let oldest_logged_counter = r.u32()?;
         let mac = r.bytes()?;
         Ok(TxnStatus {
             applied,
             record,
+            oldest_logged_counter,
             mac,
         })
     }
 }
 
-/// Bytes covered by the transaction status MAC.
+/// Bytes covered by the transaction status MAC: `53` || purse_id || query (sam_id,
+/// sam_txn, sam_challenge) || applied || record || oldest_logged_counter.
 pub fn txn_status_mac_input(
     purse_id: &PurseId,
     query: &TxnStatusQuery,
-    applied: bool,
-    record: &LogRecord,
+    status: &TxnStatus,
 ) -> Vec<u8> {
     let mut v = vec![tag::TXN_STATUS];
     v.extend_from_slice(purse_id);
     v.extend_from_slice(&query.encode());
-    v.push(u8::from(applied));
-    v.extend_from_slice(&record.encode());
+    v.push(u8::from(status.applied));
+    v.extend_from_slice(&status.record.encode());
+    v.extend_from_slice(&status.oldest_logged_counter.to_be_bytes());
     v
 }
 
@@ -715,8 +733,9 @@ impl PurseInstall {
 /// SAM's personalisation key: transport key KT (16) | nonce (8) | subject ID length (1) |
 /// subject ID (purse ID for a purse, SAM ID for a SAM).
 ///
-/// Used by INIT PERSO (purse, 80 36 00 00 Le: response = the OAEP ciphertext) and by the
-/// SAM's INIT KEY IMPORT. The chip generates KT itself and keeps it until PUT KEYS.
+/// Used by INIT PERSO (purse, 80 36 00 00 Le: response = an [`AttestedKeyRequest`] with
+/// the OAEP ciphertext) and by the SAM's INIT KEY IMPORT. The chip generates KT itself and
+/// keeps it until PUT KEYS / IMPORT KEYS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTransportRequest {
     pub transport_key: [u8; 16],
@@ -749,6 +768,83 @@ impl KeyTransportRequest {
             transport_key,
             nonce,
             subject_id: id.to_vec(),
+        })
+    }
+}
+
+/// Domain tag of the attestation signature over a key-transport request (see
+/// [`key_request_signed_input`]).
+pub const KEY_REQUEST_SIG_TAG: &[u8] = b"TSRA-KEY-REQUEST-V1";
+
+/// Bytes a chip signs with its attestation key (RSASSA-PKCS1-v1_5, SHA-256) when it
+/// answers INIT PERSO / INIT KEY IMPORT: [`KEY_REQUEST_SIG_TAG`] || the OAEP ciphertext.
+pub fn key_request_signed_input(ciphertext: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(KEY_REQUEST_SIG_TAG.len() + ciphertext.len());
+    v.extend_from_slice(KEY_REQUEST_SIG_TAG);
+    v.extend_from_slice(ciphertext);
+    v
+}
+
+/// A key-transport request signed by the chip that made it: the INIT PERSO response of
+/// the purse and the INIT KEY IMPORT response of a new SAM.
+///
+/// Layout: ct_len u16 | ciphertext (RSA-OAEP-SHA256 of a [`KeyTransportRequest`] under the
+/// issuer SAM's personalisation key) | sig_len u16 | signature (RSASSA-PKCS1-v1_5 SHA-256
+/// by the chip's attestation key over [`key_request_signed_input`]`(ciphertext)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestedKeyRequest {
+    pub ciphertext: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// Append `len u16 || bytes` (callers keep `bytes` under 64 KiB; longer is cut to fit).
+#[doc(hidden)]
+pub fn put_u16_prefixed(v: &mut Vec<u8>, bytes: &[u8]) {
+    let n = bytes.len().min(usize::from(u16::MAX));
+    v.extend_from_slice(&(n as u16).to_be_bytes());
+    v.extend_from_slice(bytes.get(..n).unwrap_or(&[]));
+}
+
+impl Reader<'_> {
+    /// A `len u16 || bytes` field.
+    pub fn u16_prefixed(&mut self, field: &'static str) -> Result<Vec<u8>, WireError> {
+        let n = usize::from(self.u16()?);
+        let s = self.b.get(self.at..self.at + n).ok_or(WireError::Field {
+            msg: self.msg,
+            field,
+        })?;
+        self.at += n;
+        Ok(s.to_vec())
+    }
+    /// Fail unless every byte was read.
+    pub fn finish(&self) -> Result<(), WireError> {
+        if self.at == self.b.len() {
+            Ok(())
+        } else {
+            Err(WireError::Length {
+                msg: self.msg,
+                expected: self.at,
+                got: self.b.len(),
+            })
+        }
+    }
+}
+
+impl AttestedKeyRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(4 + self.ciphertext.len() + self.signature.len());
+        put_u16_prefixed(&mut v, &self.ciphertext);
+        put_u16_prefixed(&mut v, &self.signature);
+        v
+    }
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::at_least(b, "AttestedKeyRequest", 4)?;
+        let ciphertext = r.u16_prefixed("ciphertext")?;
+        let signature = r.u16_prefixed("signature")?;
+        r.finish()?;
+        Ok(AttestedKeyRequest {
+            ciphertext,
+            signature,
         })
     }
 }
@@ -870,6 +966,45 @@ mod tests {
         assert_eq!(PurseData::LEN, 35);
         assert_eq!(InitPurchaseResponse::LEN, 40);
         assert_eq!(AuthorizePurchase::LEN, 52);
+        assert_eq!(TxnStatusQuery::LEN, 16);
+        assert_eq!(TxnStatus::LEN, 50);
+    }
+
+    #[test]
+    fn txn_status_round_trips_and_its_mac_covers_the_oldest_counter() {
+        let st = TxnStatus {
+            applied: false,
+            record: LogRecord {
+                kind: 0,
+                amount: 0,
+                balance_after: 0,
+                counter: 40,
+                sam_id: [0; 4],
+                sam_txn: 0,
+                terminal_id: [0; 4],
+                terminal_time: 0,
+                proof: [0; 8],
+            },
+            oldest_logged_counter: 32,
+            mac: [5; 8],
+        };
+        let b = st.encode();
+        assert_eq!(b.len(), TxnStatus::LEN);
+        assert_eq!(&b[38..42], &[0, 0, 0, 32]);
+        assert_eq!(TxnStatus::decode(&b), Ok(st.clone()));
+        let q = TxnStatusQuery {
+            sam_id: [0, 0, 0, 2],
+            sam_txn: 9,
+            sam_challenge: [7; 8],
+        };
+        let other = TxnStatus {
+            oldest_logged_counter: 31,
+            ..st.clone()
+        };
+        assert_ne!(
+            txn_status_mac_input(&[1; 8], &q, &st),
+            txn_status_mac_input(&[1; 8], &q, &other)
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use tessera_apdu::Sw;
+use tessera_apdu::{Response, Sw};
 use tessera_os::{CardError, TearPlan};
 use tessera_purse::wire::{self as pw, ins, sw};
 use tessera_sam::wire as sam_wire;
@@ -23,9 +23,16 @@ fn personalisation_through_apdus() {
         Sw::CONDITIONS_NOT_SATISFIED
     );
 
+    let cert = purse_cert(&mut p);
     let ct = p.ok(ins::INIT_PERSO, 0, 0, &[]);
-    assert_eq!(ct.len(), 256);
-    let blob = sam.ok(sam_wire::ins::PERSONALISE_PURSE, 0, 0, &ct);
+    let req = pw::AttestedKeyRequest::decode(&ct).unwrap();
+    assert_eq!((req.ciphertext.len(), req.signature.len()), (256, 256));
+    let blob = sam.ok(
+        sam_wire::ins::PERSONALISE_PURSE,
+        0,
+        0,
+        &perso_request(&cert, &ct),
+    );
     // A tampered blob is refused and changes nothing.
     let mut bad = blob.clone();
     let n = bad.len();
@@ -48,7 +55,12 @@ fn personalisation_through_apdus() {
     let mut twin = blank_purse(&mut sam, &PurseOpts::default());
     let ct = twin.ok(ins::INIT_PERSO, 0, 0, &[]);
     assert_eq!(
-        sam.sw(sam_wire::ins::PERSONALISE_PURSE, 0, 0, &ct),
+        sam.sw(
+            sam_wire::ins::PERSONALISE_PURSE,
+            0,
+            0,
+            &perso_request(&cert, &ct)
+        ),
         sam_wire::sw::ALREADY_PERSONALISED
     );
 }
@@ -383,7 +395,7 @@ fn txn_status_not_applied_ends_the_session_and_voids() {
     let mut p = purse(&mut sam, &PurseOpts::default());
     let l = prepare_load(&mut sam, &mut p, 900, T0);
     // The host asks before sending LOAD: not applied, and the LOAD can never apply now.
-    let st = txn_status(&mut p, pw::usage::LOAD, ISSUER_ID, l.sam_txn);
+    let st = txn_status(&mut sam, &mut p, pw::usage::LOAD, ISSUER_ID, l.sam_txn);
     assert!(!st.applied);
     assert_eq!(st.record.counter, 0);
     assert_eq!(
@@ -426,25 +438,119 @@ fn txn_status_not_applied_ends_the_session_and_voids() {
     assert_eq!(balance(&mut p), 0);
 }
 
+/// An abandoned purchase authorisation, then `later` purchases on a purse with
+/// `log_capacity`; returns the SAM's answer to RESOLVE with the purse's "not applied".
+fn resolve_abandoned_after(log_capacity: u8, later: u32) -> (Chip, Response, pw::TxnStatus) {
+    let mut iss = issuer();
+    let mut term = terminal(&mut iss, TerminalOpts::default());
+    let mut p = purse(
+        &mut iss,
+        &PurseOpts {
+            log_capacity,
+            ..PurseOpts::default()
+        },
+    );
+    load(&mut iss, &mut p, 1_000);
+    // Authorised at counter 1, never sent to the purse.
+    let abandoned = prepare_purchase(&mut term, &mut p, 500, T0).unwrap();
+    assert_eq!(abandoned.msg.counter, 1);
+    for _ in 0..later {
+        purchase(&mut term, &mut p, 10, None).unwrap();
+    }
+    let st = txn_status(
+        &mut term,
+        &mut p,
+        pw::usage::DEBIT,
+        abandoned.msg.sam_id,
+        abandoned.msg.sam_txn,
+    );
+    assert!(!st.applied);
+    assert_eq!(st.record.counter, 1 + later);
+    let r = resolve(
+        &mut term,
+        abandoned.purse_id,
+        abandoned.msg.sam_txn,
+        pw::usage::DEBIT,
+        st.clone(),
+    );
+    (term, r, st)
+}
+
 #[test]
-fn resolve_refuses_not_applied_once_the_purse_moved_on() {
+fn not_applied_voids_after_later_purchases_that_keep_the_log() {
+    // Counter 4, log of 8: the records of counters 0-3 are all held, so the purse's "not
+    // applied" is conclusive although it moved three steps past the authorisation.
+    let (mut term, r, st) = resolve_abandoned_after(8, 3);
+    assert_eq!(st.oldest_logged_counter, 0);
+    assert_eq!((r.sw, r.data), (Sw::OK, vec![sam_wire::status::VOID]));
+    assert_eq!(sam_data(&mut term).pending_count, 0);
+    // Log of 4, counter 5: the oldest record held is that of counter 1, the authorised one.
+    let (mut term, r, st) = resolve_abandoned_after(4, 4);
+    assert_eq!(st.oldest_logged_counter, 1);
+    assert_eq!((r.sw, r.data), (Sw::OK, vec![sam_wire::status::VOID]));
+    assert_eq!(sam_data(&mut term).pending_count, 0);
+}
+
+#[test]
+fn not_applied_after_the_log_wrapped_stays_pending() {
+    // Log of 2, counter 4: the record of counter 1 may have been overwritten.
+    let (mut term, r, st) = resolve_abandoned_after(2, 3);
+    assert_eq!(st.oldest_logged_counter, 2);
+    assert_eq!(r.sw, Sw::CONDITIONS_NOT_SATISFIED);
+    let d = sam_data(&mut term);
+    assert_eq!((d.pending_count, d.journal_count), (1, 4));
+    let b =
+        sam_wire::JournalBatch::decode(&term.ok(sam_wire::ins::EXPORT_JOURNAL, 0, 0, &[])).unwrap();
+    assert_eq!(b.entries[0].status, sam_wire::status::PENDING);
+    assert_eq!(b.entries[0].amount, 500);
+}
+
+#[test]
+fn resolve_refuses_a_status_made_before_the_authorisation() {
     let mut sam = issuer();
     let mut p = purse(&mut sam, &PurseOpts::default());
-    let l = prepare_load(&mut sam, &mut p, 900, T0);
     let pid = purse_data(&mut p).purse_id;
-    // The authorisation is abandoned; two other loads happen.
-    load(&mut sam, &mut p, 1);
-    load(&mut sam, &mut p, 1);
-    let st = txn_status(&mut p, pw::usage::LOAD, ISSUER_ID, l.sam_txn);
-    assert!(!st.applied);
-    assert_eq!(st.record.counter, 2);
-    // The purse's log might have lost the record: the SAM keeps the entry PENDING.
+    // A lying host obtains "not applied" for the next transaction number, before the SAM
+    // authorised it, then has the load authorised and applied.
+    let next = sam_data(&mut sam).sam_txn + 1;
+    let early = txn_status(&mut sam, &mut p, pw::usage::LOAD, ISSUER_ID, next);
+    assert!(!early.applied);
+    let l = prepare_load(&mut sam, &mut p, 900, T0);
+    assert_eq!(l.sam_txn, next);
+    p.ok(ins::LOAD, 0, 0, &l.encode());
+    assert_eq!(balance(&mut p), 900);
+    // The resolve session predates the entry: refused.
     assert_eq!(
-        resolve(&mut sam, pid, l.sam_txn, pw::usage::LOAD, st).sw,
-        Sw::CONDITIONS_NOT_SATISFIED
+        resolve(&mut sam, pid, l.sam_txn, pw::usage::LOAD, early.clone()).sw,
+        sam_wire::sw::NO_SESSION
     );
+    // A new session has a new challenge: the early status's MAC does not cover it.
+    begin_resolve(&mut sam);
+    assert_eq!(
+        resolve(&mut sam, pid, l.sam_txn, pw::usage::LOAD, early).sw,
+        sam_wire::sw::CARD_PROOF_INVALID
+    );
+    assert_eq!(sam_data(&mut sam).pending_count, 1);
+    // Without a session (reset), RESOLVE is refused too.
+    sam.power_cycle();
+    unlock(&mut sam);
+    let fresh = {
+        let ch = begin_resolve(&mut sam);
+        txn_status_for(&mut p, pw::usage::LOAD, ISSUER_ID, l.sam_txn, ch)
+    };
+    assert!(fresh.applied);
+    sam.select();
+    unlock(&mut sam);
+    assert_eq!(
+        resolve(&mut sam, pid, l.sam_txn, pw::usage::LOAD, fresh.clone()).sw,
+        sam_wire::sw::NO_SESSION
+    );
+    // The honest recovery confirms it.
+    let st = txn_status(&mut sam, &mut p, pw::usage::LOAD, ISSUER_ID, l.sam_txn);
+    let r = resolve(&mut sam, pid, l.sam_txn, pw::usage::LOAD, st);
+    assert_eq!((r.sw, r.data), (Sw::OK, vec![sam_wire::status::CONFIRMED]));
     // Wrong key usage for the entry.
-    let st = txn_status(&mut p, pw::usage::DEBIT, ISSUER_ID, l.sam_txn);
+    let st = txn_status(&mut sam, &mut p, pw::usage::DEBIT, ISSUER_ID, l.sam_txn);
     assert_eq!(
         resolve(&mut sam, pid, l.sam_txn, pw::usage::DEBIT, st).sw,
         Sw::WRONG_DATA
@@ -470,7 +576,13 @@ fn after_commit_power_cut_on_purchase_is_recovered_with_the_same_proof() {
     assert!(p.card.store_consistent());
     assert_eq!(balance(&mut p), 2_300);
 
-    let st = txn_status(&mut p, pw::usage::DEBIT, pp.msg.sam_id, pp.msg.sam_txn);
+    let st = txn_status(
+        &mut term,
+        &mut p,
+        pw::usage::DEBIT,
+        pp.msg.sam_id,
+        pp.msg.sam_txn,
+    );
     assert!(st.applied);
     let logged = read_log(&mut p, 0).unwrap();
     assert_eq!(st.record, logged);
@@ -502,7 +614,13 @@ fn after_commit_power_cut_on_purchase_is_recovered_with_the_same_proof() {
     // A normal purchase's response proof equals what GET TXN STATUS reports later.
     let pp2 = prepare_purchase(&mut term, &mut p, 300, T0).unwrap();
     let r2 = pw::ValueReceipt::decode(&p.ok(ins::PURCHASE, 0, 0, &pp2.msg.encode())).unwrap();
-    let st2 = txn_status(&mut p, pw::usage::DEBIT, pp2.msg.sam_id, pp2.msg.sam_txn);
+    let st2 = txn_status(
+        &mut term,
+        &mut p,
+        pw::usage::DEBIT,
+        pp2.msg.sam_id,
+        pp2.msg.sam_txn,
+    );
     assert!(st2.applied);
     assert_eq!(st2.record.proof, r2.proof);
     // The replayed purchase cannot apply again.
@@ -538,7 +656,7 @@ fn after_commit_power_cut_on_load_is_recovered() {
     );
     p.card.power_on();
     p.select();
-    let st = txn_status(&mut p, pw::usage::LOAD, ISSUER_ID, l.sam_txn);
+    let st = txn_status(&mut sam, &mut p, pw::usage::LOAD, ISSUER_ID, l.sam_txn);
     assert!(st.applied);
     assert_eq!(st.record.balance_after, 1_234);
     let pid = purse_data(&mut p).purse_id;
@@ -594,7 +712,7 @@ fn tearing_at_every_byte_of_load() {
                     "a cut inside the commit must leave the old state (k = {k})"
                 );
                 // Recovery: the purse says not applied; the SAM voids its entry.
-                let st = txn_status(&mut p, pw::usage::LOAD, ISSUER_ID, l.sam_txn);
+                let st = txn_status(&mut sam, &mut p, pw::usage::LOAD, ISSUER_ID, l.sam_txn);
                 assert!(!st.applied);
                 let r = resolve(&mut sam, pid, l.sam_txn, pw::usage::LOAD, st);
                 assert_eq!(r.data, vec![sam_wire::status::VOID]);
@@ -638,7 +756,13 @@ fn tearing_at_every_byte_of_purchase() {
                 p.card.power_on();
                 p.select();
                 assert!(!check_whole(&mut p, before, (before.0 - 3, before.1 + 1)));
-                let st = txn_status(&mut p, pw::usage::DEBIT, pp.msg.sam_id, pp.msg.sam_txn);
+                let st = txn_status(
+                    &mut term,
+                    &mut p,
+                    pw::usage::DEBIT,
+                    pp.msg.sam_id,
+                    pp.msg.sam_txn,
+                );
                 assert!(!st.applied);
                 let r = resolve(&mut term, pp.purse_id, pp.msg.sam_txn, pw::usage::DEBIT, st);
                 assert_eq!(r.data, vec![sam_wire::status::VOID]);

@@ -5,25 +5,34 @@
 //! | key | content |
 //! |---|---|
 //! | `cfg` | [`Config`]: SAM ID, role, ceilings, journal capacity, issuer SPKI (terminal) |
-//! | `val` | [`State`]: last SAM transaction number, current day and its running total |
+//! | `val` | [`State`]: last SAM transaction number, current day and its running total, journal counts (entries, pending, oldest seq) |
 //! | `keys` | key table: n × (usage, number, version, master, key16) |
 //! | `rsa`, `spki` | issuer: RSA-2048 personalisation key (PKCS#8 DER) and its SPKI |
 //! | `kt` | terminal: transport key and nonce between INIT KEY IMPORT and IMPORT KEYS |
+//! | `att` | RSA-2048 attestation private key (PKCS#8 DER), generated inside the SAM; never output |
+//! | `ca` | issuer: DER certificate of the chip manufacturer CA (trust anchor for chip attestation) |
 //! | `J/` + seq (u32 BE) | journal entry ([`JRec`]) whose seq is the SAM transaction number |
+//! | `xb` | [`LastExport`]: MAC, last seq and final entries of the last exported batch |
 //! | `P/` + purse ID | issuer: a purse ID already personalised |
 //!
-//! An authorisation stages `val` (the new transaction number) and its PENDING journal
-//! entry in the same command: the OS commits them together or not at all.
+//! An authorisation stages `val` (the new transaction number and the journal counts) and
+//! its PENDING journal entry in the same command: the OS commits them together or not at
+//! all. Every command that adds, settles or drops an entry rewrites `val` in the same
+//! commit, so the counts always describe the `J/` records exactly and no value command
+//! lists the journal: AUTHORIZE, CONFIRM, RESOLVE and GET SAM DATA cost O(log n) store
+//! look-ups in the journal size n. EXPORT and ACK walk only the entries they touch (in
+//! buckets of 256 sequence numbers, see [`journal_seqs`]).
 
 use crate::wire::{
-    self, BeginPurchase, CLA, Confirm, JournalAck, JournalBatch, JournalEntry, Resolve, SamData,
-    SamInstall, ins, role, status, sw,
+    self, BeginPurchase, CLA, Confirm, JournalAck, JournalBatch, JournalEntry,
+    PersonaliseRequest, Resolve, ResolveChallenge, SamData, SamInstall, ins, role, status, sw,
 };
 use serde::{Deserialize, Serialize};
 use tessera_apdu::{Command, Sw};
 use tessera_crypto::kdf::an10922_aes128;
 use tessera_crypto::rng::CardRng;
 use tessera_crypto::rsa::{RsaPrivateKey, RsaPublicKey};
+use tessera_crypto::x509::{self, CardCertificate, CardRole, RevocationList};
 use tessera_os::{Applet, Clear, Context, LoadFile, Pin};
 use tessera_purse::keyblob::{self, Key16, KeyBlobError};
 use tessera_purse::macs::{card_key, mac8, verify8};
@@ -49,9 +58,13 @@ const K_KEYS: &[u8] = b"keys";
 const K_RSA: &[u8] = b"rsa";
 const K_SPKI: &[u8] = b"spki";
 const K_KT: &[u8] = b"kt";
+const K_ATT: &[u8] = b"att";
+const K_CA: &[u8] = b"ca";
 const J_PREFIX: &[u8] = b"J/";
 const P_PREFIX: &[u8] = b"P/";
+const K_EXPORT: &[u8] = b"xb";
 const T_PURCHASE: &[u8] = b"purchase";
+const T_RESOLVE: &[u8] = b"resolve";
 
 /// The load file of the SAM applet (name "sam", not multi-selectable).
 pub fn load_file() -> LoadFile {
@@ -74,9 +87,24 @@ struct Config {
     issuer_spki: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct State {
     /// Last SAM transaction number used (only grows).
+    sam_txn: u32,
+    day: u32,
+    day_total: u32,
+    /// Journal entries held (every status).
+    journal_count: u32,
+    /// Journal entries held in status PENDING.
+    pending_count: u32,
+    /// Sequence number of the oldest entry held; 0 when the journal is empty.
+    oldest_seq: u32,
+}
+
+/// The `val` record as written before the journal counts existed; read once and rebuilt
+/// (see [`state`]).
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct LegacyState {
     sam_txn: u32,
     day: u32,
     day_total: u32,
@@ -100,10 +128,19 @@ struct JRec {
     sam_challenge: [u8; 8],
     /// The day the amount was counted in (for the refund of a voided entry).
     day: u32,
-    /// Set by EXPORT JOURNAL once the entry was exported in its final state (CONFIRMED or
-    /// VOID): only such entries are dropped by ACK JOURNAL, so an entry exported while
-    /// PENDING and settled afterwards waits for a batch that shows its final state.
+    /// Kept for the record layout of earlier versions (EXPORT JOURNAL set it); no longer
+    /// read or written: ACK JOURNAL drops the entries listed in [`LastExport`].
     exported_final: bool,
+}
+
+/// The last batch EXPORT JOURNAL produced: an ACK JOURNAL is accepted only for it (same
+/// batch MAC and last seq), and drops exactly `final_seqs`, the entries it showed
+/// CONFIRMED or VOID. Entries it showed PENDING stay, whatever happened to them since.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LastExport {
+    batch_mac: Mac,
+    last_seq: u32,
+    final_seqs: Vec<u32>,
 }
 
 impl JRec {
@@ -156,8 +193,32 @@ fn config(ctx: &Context<'_>) -> Result<Config, Sw> {
     ctx.load::<Config>(K_CFG)?.ok_or(Sw::UNKNOWN)
 }
 
+/// The state record. A record written by an earlier version (without the journal counts)
+/// is upgraded: its counts are rebuilt by one scan of the journal, and the caller's next
+/// save of `val` stores the new layout.
 fn state(ctx: &Context<'_>) -> Result<State, Sw> {
-    ctx.load::<State>(K_STATE)?.ok_or(Sw::UNKNOWN)
+    // The legacy layout is a strict prefix of the new one, so it never decodes as `State`.
+    if let Ok(Some(st)) = ctx.load::<State>(K_STATE) {
+        return Ok(st);
+    }
+    let old = ctx.load::<LegacyState>(K_STATE)?.ok_or(Sw::UNKNOWN)?;
+    let mut st = State {
+        sam_txn: old.sam_txn,
+        day: old.day,
+        day_total: old.day_total,
+        ..State::default()
+    };
+    for k in ctx.keys_with_prefix(J_PREFIX) {
+        let r = ctx.load::<JRec>(&k)?.ok_or(Sw::UNKNOWN)?;
+        st.journal_count = st.journal_count.saturating_add(1);
+        if r.status == status::PENDING {
+            st.pending_count = st.pending_count.saturating_add(1);
+        }
+        if st.oldest_seq == 0 || r.seq < st.oldest_seq {
+            st.oldest_seq = r.seq;
+        }
+    }
+    Ok(st)
 }
 
 fn read_keys(ctx: &Context<'_>) -> Result<Vec<SamKey>, Sw> {
@@ -252,15 +313,42 @@ fn journal_get(ctx: &Context<'_>, seq: u32) -> Result<Option<JRec>, Sw> {
     ctx.load::<JRec>(&j_key(seq))
 }
 
-/// Every journal entry, oldest first.
-fn journal_all(ctx: &Context<'_>) -> Result<Vec<JRec>, Sw> {
+/// Key prefix of the bucket of 256 sequence numbers that holds `seq`: `J/` and the three
+/// high bytes of the sequence number.
+fn bucket_prefix(seq: u32) -> [u8; 5] {
+    let [a, b, c, _] = seq.to_be_bytes();
+    let [j, slash] = [b'J', b'/'];
+    [j, slash, a, b, c]
+}
+
+fn seq_of_key(key: &[u8]) -> Option<u32> {
+    let raw: [u8; 4] = key.strip_prefix(J_PREFIX)?.try_into().ok()?;
+    Some(u32::from_be_bytes(raw))
+}
+
+/// Sequence numbers of the entries held in `from..=to`, ascending, at most `max`. Walks
+/// the store one bucket of 256 sequence numbers at a time, so the cost is the number of
+/// buckets crossed plus the entries returned, never the whole journal.
+fn journal_seqs(ctx: &Context<'_>, from: u32, to: u32, max: usize) -> Vec<u32> {
     let mut out = Vec::new();
-    for k in ctx.keys_with_prefix(J_PREFIX) {
-        if let Some(r) = ctx.load::<JRec>(&k)? {
-            out.push(r);
+    if from > to || max == 0 {
+        return out;
+    }
+    let (first, last) = (from >> 8, to >> 8);
+    for bucket in first..=last {
+        for k in ctx.keys_with_prefix(&bucket_prefix(bucket << 8)) {
+            match seq_of_key(&k) {
+                Some(s) if (from..=to).contains(&s) => {
+                    out.push(s);
+                    if out.len() >= max {
+                        return out;
+                    }
+                }
+                _ => {}
+            }
         }
     }
-    Ok(out)
+    out
 }
 
 fn random<const N: usize>(ctx: &mut Context<'_>) -> [u8; N] {
@@ -295,6 +383,61 @@ fn open_request(ctx: &Context<'_>, ct: &[u8]) -> Result<KeyTransportRequest, Sw>
     KeyTransportRequest::decode(&plain).map_err(|_| Sw::WRONG_DATA)
 }
 
+fn attestation_key(ctx: &Context<'_>) -> Result<RsaPrivateKey, Sw> {
+    let der = Zeroizing::new(ctx.get(K_ATT).ok_or(Sw::CONDITIONS_NOT_SATISFIED)?);
+    RsaPrivateKey::from_pkcs8_der(&der).map_err(internal)
+}
+
+/// Upper-case hex, the form of a subject ID in a chip certificate's common name.
+fn hex_upper(b: &[u8]) -> String {
+    hex::encode_upper(b)
+}
+
+/// Check a personalisation request (PERSONALISE PURSE / EXPORT SAM KEYS data after the
+/// role byte) and open its key-transport request. In this order, each failure leaving
+/// the SAM unchanged:
+/// 1. the chip certificate chains to the manufacturer CA anchor (`ca`), at the request's
+///    time, is not a CA and certifies a chip of `expected` role — else 6927;
+/// 2. the attestation signature over the ciphertext verifies with the certified key —
+///    else 6929;
+/// 3. the ciphertext decrypts under the personalisation key — else 6A80;
+/// 4. the subject ID inside is the certified subject — else 6928.
+fn open_attested_request(
+    ctx: &Context<'_>,
+    data: &[u8],
+    expected: CardRole,
+) -> Result<KeyTransportRequest, Sw> {
+    let req = PersonaliseRequest::decode(data).map_err(|e| e.sw())?;
+    let anchor_der = ctx.get(K_CA).ok_or(sw::KEY_NOT_HELD)?;
+    let anchor = CardCertificate::from_der(&anchor_der).map_err(internal)?;
+    let chip = CardCertificate::from_der(&req.chip_cert).map_err(|_| sw::CHIP_NOT_ATTESTED)?;
+    // The SAM has no clock: validity is checked at the host's time (advisory).
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(req.time));
+    let verified = x509::verify_chain(
+        core::slice::from_ref(&chip),
+        &anchor,
+        at,
+        &RevocationList::new(),
+    )
+    .map_err(|_| sw::CHIP_NOT_ATTESTED)?;
+    if verified.role != expected || chip.is_ca() || verified.chain_len != 1 {
+        return Err(sw::CHIP_NOT_ATTESTED);
+    }
+    verified
+        .public_key
+        .verify_pkcs1v15_sha256(
+            &pw::key_request_signed_input(&req.request.ciphertext),
+            &req.request.signature,
+        )
+        .map_err(|_| sw::ATTESTATION_INVALID)?;
+    let mut opened = open_request(ctx, &req.request.ciphertext)?;
+    if hex_upper(&opened.subject_id) != verified.card_id {
+        opened.transport_key.zeroize();
+        return Err(sw::SUBJECT_MISMATCH);
+    }
+    Ok(opened)
+}
+
 fn seal(
     req: &mut KeyTransportRequest,
     entries: Vec<KeyEntry>,
@@ -326,17 +469,55 @@ fn ceilings(cfg: &Config, st: &State, amount: u32, terminal_time: u32) -> Result
         _ => return Err(sw::CEILING_EXCEEDED),
     };
     Ok(State {
-        sam_txn: st.sam_txn,
         day,
         day_total,
+        ..*st
     })
 }
 
-fn check_journal_space(ctx: &Context<'_>, cfg: &Config) -> Result<(), Sw> {
-    if ctx.keys_with_prefix(J_PREFIX).len() >= usize::from(cfg.journal_capacity) {
+/// Sequence numbers of the entries held up to `to`, oldest first, at most `max`.
+fn held_seqs(ctx: &Context<'_>, st: &State, to: u32, max: usize) -> Vec<u32> {
+    if st.journal_count == 0 {
+        return Vec::new();
+    }
+    journal_seqs(ctx, st.oldest_seq, to.min(st.sam_txn), max)
+}
+
+/// Stage the deletion of the entries `seqs` (held, not PENDING) and update the counts in
+/// `st`; the caller saves `st` in the same command.
+fn drop_entries(ctx: &mut Context<'_>, st: &mut State, seqs: &[u32]) -> Result<(), Sw> {
+    let mut oldest_gone = false;
+    for &seq in seqs {
+        if ctx.get(&j_key(seq)).is_none() {
+            continue;
+        }
+        ctx.delete(&j_key(seq));
+        st.journal_count = st.journal_count.saturating_sub(1);
+        oldest_gone |= seq == st.oldest_seq;
+    }
+    if st.journal_count == 0 {
+        st.oldest_seq = 0;
+    } else if oldest_gone {
+        let from = st.oldest_seq.saturating_add(1);
+        st.oldest_seq = journal_seqs(ctx, from, st.sam_txn, 1)
+            .first()
+            .copied()
+            .ok_or(Sw::UNKNOWN)?;
+    }
+    Ok(())
+}
+
+/// Room for one more entry: O(1), from the count kept in the state record.
+fn check_journal_space(st: &State, cfg: &Config) -> Result<(), Sw> {
+    if st.journal_count >= u32::from(cfg.journal_capacity) {
         return Err(sw::JOURNAL_FULL);
     }
     Ok(())
+}
+
+/// Stage `val` with one PENDING entry settled (CONFIRMED or VOID).
+fn count_settled(st: &mut State) {
+    st.pending_count = st.pending_count.saturating_sub(1);
 }
 
 impl Sam {
@@ -346,6 +527,23 @@ impl Sam {
             return Err(Sw::WRONG_DATA);
         }
         Pin::create(ctx, PIN_ID, PIN_TRY_LIMIT, &p.pin)?;
+        match p.role {
+            // The issuer's trust anchor for chip attestation: a CA certificate.
+            role::ISSUER => {
+                let ca = CardCertificate::from_der(&p.chip_ca_cert).map_err(|_| Sw::WRONG_DATA)?;
+                if !ca.is_ca() || ca.public_key().is_err() {
+                    return Err(Sw::WRONG_DATA);
+                }
+                ctx.put(K_CA, &p.chip_ca_cert)?;
+            }
+            _ if !p.chip_ca_cert.is_empty() => return Err(Sw::WRONG_DATA),
+            _ => {}
+        }
+        // Every SAM generates its attestation key pair inside itself; only the public key
+        // leaves (GET ATTESTATION KEY), for the manufacturer CA to certify.
+        let mut rng = rng_from(ctx);
+        let att = RsaPrivateKey::generate(2048, &mut rng).map_err(internal)?;
+        ctx.put(K_ATT, &att.to_pkcs8_der().map_err(internal)?)?;
         let issuer_spki = match p.role {
             role::ISSUER => {
                 let mut keys = Vec::new();
@@ -408,19 +606,14 @@ impl Sam {
         no_data(cmd)?;
         let cfg = config(ctx)?;
         let st = state(ctx)?;
-        let journal = journal_all(ctx)?;
-        let pending = journal
-            .iter()
-            .filter(|r| r.status == status::PENDING)
-            .count();
         let keys = read_keys(ctx)?;
         Ok(SamData {
             sam_id: cfg.sam_id,
             role: cfg.role,
             unlocked: Pin::is_validated(ctx, PIN_ID),
             sam_txn: st.sam_txn,
-            journal_count: u16::try_from(journal.len()).unwrap_or(u16::MAX),
-            pending_count: u16::try_from(pending).unwrap_or(u16::MAX),
+            journal_count: u16::try_from(st.journal_count).unwrap_or(u16::MAX),
+            pending_count: u16::try_from(st.pending_count).unwrap_or(u16::MAX),
             journal_capacity: cfg.journal_capacity,
             max_per_load: cfg.max_per_load,
             max_per_day: cfg.max_per_day,
@@ -437,6 +630,15 @@ impl Sam {
         ctx.get(K_SPKI).ok_or(sw::KEY_NOT_HELD)
     }
 
+    fn get_attestation_key(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        no_data(cmd)?;
+        attestation_key(ctx)?
+            .public_key()
+            .to_spki_der()
+            .map_err(internal)
+    }
+
     fn init_key_import(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         p1p2(cmd, 0, 0)?;
         no_data(cmd)?;
@@ -444,13 +646,21 @@ impl Sam {
         if cfg.role != role::TERMINAL || !read_keys(ctx)?.is_empty() {
             return Err(Sw::CONDITIONS_NOT_SATISFIED);
         }
+        let att = attestation_key(ctx)?;
         let kt = Zeroizing::new(random::<16>(ctx));
         let nonce = random::<8>(ctx);
         let mut rng = rng_from(ctx);
         let t = keyblob::request(&cfg.issuer_spki, kt, nonce, &cfg.sam_id, &mut rng)
             .map_err(internal)?;
+        let signature = att
+            .sign_pkcs1v15_sha256(&pw::key_request_signed_input(&t.ciphertext))
+            .map_err(internal)?;
         ctx.put(K_KT, &t.record)?;
-        Ok(t.ciphertext)
+        Ok(pw::AttestedKeyRequest {
+            ciphertext: t.ciphertext,
+            signature,
+        }
+        .encode())
     }
 
     fn import_keys(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
@@ -496,13 +706,13 @@ impl Sam {
         let keys = read_keys(ctx)?;
         let m_debit = master(&keys, usage::DEBIT)?;
         let m_journal = master(&keys, usage::JOURNAL)?;
-        let Some((&target_role, ct)) = cmd.data.split_first() else {
+        let Some((&target_role, request)) = cmd.data.split_first() else {
             return Err(Sw::WRONG_LENGTH);
         };
         if target_role != role::TERMINAL {
             return Err(Sw::WRONG_DATA);
         }
-        let mut req = open_request(ctx, ct)?;
+        let mut req = open_attested_request(ctx, request, CardRole::Sam)?;
         let Ok(target) = <[u8; 4]>::try_from(req.subject_id.as_slice()) else {
             req.transport_key.zeroize();
             return Err(Sw::WRONG_DATA);
@@ -536,7 +746,7 @@ impl Sam {
         if cmd.data.is_empty() {
             return Err(Sw::WRONG_LENGTH);
         }
-        let mut req = open_request(ctx, &cmd.data)?;
+        let mut req = open_attested_request(ctx, &cmd.data, CardRole::Purse)?;
         let Ok(purse) = <PurseId>::try_from(req.subject_id.as_slice()) else {
             req.transport_key.zeroize();
             return Err(Sw::WRONG_DATA);
@@ -572,12 +782,17 @@ impl Sam {
         let cfg = config(ctx)?;
         let st = state(ctx)?;
         let mut next = ceilings(&cfg, &st, rec.amount, rec.terminal_time)?;
-        check_journal_space(ctx, &cfg)?;
+        check_journal_space(&st, &cfg)?;
         let seq = st
             .sam_txn
             .checked_add(1)
             .ok_or(Sw::CONDITIONS_NOT_SATISFIED)?;
         next.sam_txn = seq;
+        next.journal_count = st.journal_count.saturating_add(1);
+        next.pending_count = st.pending_count.saturating_add(1);
+        if st.journal_count == 0 {
+            next.oldest_seq = seq;
+        }
         rec.seq = seq;
         rec.day = next.day;
         // Card memory exhausted before the configured capacity: the journal is full too.
@@ -772,7 +987,10 @@ impl Sam {
                 rec.status = status::CONFIRMED;
                 rec.balance_after = balance_after;
                 rec.proof = proof;
-                ctx.save(&j_key(rec.seq), &rec)
+                let mut st = state(ctx)?;
+                count_settled(&mut st);
+                ctx.save(&j_key(rec.seq), &rec)?;
+                ctx.save(K_STATE, &st)
             }
             status::CONFIRMED => {
                 if tessera_crypto::ct_eq(&rec.proof, &proof) && rec.balance_after == balance_after {
@@ -807,12 +1025,50 @@ impl Sam {
         Ok(Vec::new())
     }
 
+    /// BEGIN RESOLVE: a fresh challenge for the purse's status answer, remembered with the
+    /// last transaction number authorised so far (CLEAR_ON_DESELECT; a new BEGIN RESOLVE
+    /// replaces it).
+    fn begin_resolve(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        p1p2(cmd, 0, 0)?;
+        no_data(cmd)?;
+        let cfg = config(ctx)?;
+        let st = state(ctx)?;
+        let sam_challenge = random::<8>(ctx);
+        let mut session = sam_challenge.to_vec();
+        session.extend_from_slice(&st.sam_txn.to_be_bytes());
+        ctx.transient(Clear::OnDeselect)
+            .insert(T_RESOLVE.to_vec(), session);
+        Ok(ResolveChallenge {
+            sam_id: cfg.sam_id,
+            sam_challenge,
+        }
+        .encode())
+    }
+
+    /// The resolve session's challenge, if it was drawn after entry `seq` was authorised.
+    fn resolve_challenge(ctx: &mut Context<'_>, seq: u32) -> Result<[u8; 8], Sw> {
+        let session = ctx
+            .transient(Clear::OnDeselect)
+            .get(T_RESOLVE)
+            .cloned()
+            .ok_or(sw::NO_SESSION)?;
+        let (challenge, txn) = session
+            .split_first_chunk::<8>()
+            .and_then(|(c, t)| Some((*c, u32::from_be_bytes(t.try_into().ok()?))))
+            .ok_or(Sw::UNKNOWN)?;
+        if seq > txn {
+            return Err(sw::NO_SESSION);
+        }
+        Ok(challenge)
+    }
+
     fn resolve(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         p1p2(cmd, 0, 0)?;
         let r = Resolve::decode(&cmd.data).map_err(|e| e.sw())?;
         let rec = journal_get(ctx, r.sam_txn)?
             .filter(|e| e.purse_id == r.purse_id)
             .ok_or(sw::NO_SUCH_TXN)?;
+        let sam_challenge = Sam::resolve_challenge(ctx, rec.seq)?;
         let expected_usage = if rec.kind == kind::LOAD {
             usage::LOAD
         } else {
@@ -827,9 +1083,9 @@ impl Sam {
         let q = TxnStatusQuery {
             sam_id: cfg.sam_id,
             sam_txn: rec.seq,
+            sam_challenge,
         };
-        let st_input =
-            pw::txn_status_mac_input(&rec.purse_id, &q, r.status.applied, &r.status.record);
+        let st_input = pw::txn_status_mac_input(&rec.purse_id, &q, &r.status);
         if !verify8(&k, &st_input, &r.status.mac).map_err(internal)? {
             return Err(sw::CARD_PROOF_INVALID);
         }
@@ -851,16 +1107,23 @@ impl Sam {
             status::VOID => Ok(vec![status::VOID]),
             status::PENDING => {
                 // "Not applied" is certain only while the purse's log must still hold the
-                // record of counter `rec.counter` had it been ours: the purse has not moved
-                // (counter <= c) or moved by one (the newest record is the one at c).
-                if card.counter > rec.counter.saturating_add(1) {
+                // record of counter c = `rec.counter` had it been applied (an
+                // authorisation can only apply at the counter its MAC binds): the oldest
+                // record held is at most c, or the purse moved at most one step past c
+                // (then the record at c would be its newest). The status is fresh (its
+                // MAC covers this resolve session's challenge, drawn after the entry was
+                // made), so the session the authorisation was bound to is gone for good.
+                let held = r.status.oldest_logged_counter <= rec.counter
+                    || card.counter <= rec.counter.saturating_add(1);
+                if !held {
                     return Err(Sw::CONDITIONS_NOT_SATISFIED);
                 }
                 let mut st = state(ctx)?;
                 if rec.day == st.day {
                     st.day_total = st.day_total.saturating_sub(rec.amount);
-                    ctx.save(K_STATE, &st)?;
                 }
+                count_settled(&mut st);
+                ctx.save(K_STATE, &st)?;
                 let mut rec = rec;
                 rec.status = status::VOID;
                 ctx.save(&j_key(rec.seq), &rec)?;
@@ -884,15 +1147,15 @@ impl Sam {
         let cfg = config(ctx)?;
         let keys = read_keys(ctx)?;
         let k = own_journal_key(&keys, &cfg)?;
+        let st = state(ctx)?;
         let mut entries = Vec::new();
-        for key in ctx.keys_with_prefix(J_PREFIX).into_iter().take(max) {
-            if let Some(mut r) = ctx.load::<JRec>(&key)? {
-                entries.push(r.entry());
-                if r.status != status::PENDING && !r.exported_final {
-                    r.exported_final = true;
-                    ctx.save(&key, &r)?;
-                }
+        let mut final_seqs = Vec::new();
+        for seq in held_seqs(ctx, &st, st.sam_txn, max) {
+            let r = journal_get(ctx, seq)?.ok_or(Sw::UNKNOWN)?;
+            if r.status != status::PENDING {
+                final_seqs.push(seq);
             }
+            entries.push(r.entry());
         }
         let mut batch = JournalBatch {
             sam_id: cfg.sam_id,
@@ -900,6 +1163,14 @@ impl Sam {
             mac: [0; 8],
         };
         batch.mac = mac8(&k, &wire::journal_batch_mac_input(&batch)).map_err(internal)?;
+        ctx.save(
+            K_EXPORT,
+            &LastExport {
+                batch_mac: batch.mac,
+                last_seq: batch.last_seq(),
+                final_seqs,
+            },
+        )?;
         Ok(batch.encode())
     }
 
@@ -914,18 +1185,27 @@ impl Sam {
         let k = own_journal_key(&keys, &cfg)?;
         if !verify8(
             &k,
-            &wire::journal_ack_mac_input(&ack.sam_id, ack.last_seq),
+            &wire::journal_ack_mac_input(&ack.sam_id, ack.last_seq, &ack.batch_mac),
             &ack.mac,
         )
         .map_err(internal)?
         {
             return Err(Sw::SM_OBJECTS_INCORRECT);
         }
-        for rec in journal_all(ctx)? {
-            if rec.seq <= ack.last_seq && rec.status != status::PENDING && rec.exported_final {
-                ctx.delete(&j_key(rec.seq));
-            }
-        }
+        // Only the last exported batch can be acknowledged: an ack of an earlier batch
+        // (a later one was exported since, perhaps lost) is refused, so no entry is
+        // dropped on the strength of a batch that showed it otherwise than now.
+        let last = ctx
+            .load::<LastExport>(K_EXPORT)?
+            .filter(|x| {
+                tessera_crypto::ct_eq(&x.batch_mac, &ack.batch_mac) && x.last_seq == ack.last_seq
+            })
+            .ok_or(Sw::CONDITIONS_NOT_SATISFIED)?;
+        let mut st = state(ctx)?;
+        // Entries shown CONFIRMED or VOID never change again; those already dropped (an
+        // ack sent twice) are skipped.
+        drop_entries(ctx, &mut st, &last.final_seqs)?;
+        ctx.save(K_STATE, &st)?;
         Ok(Vec::new())
     }
 
@@ -939,11 +1219,15 @@ impl Sam {
             return Err(Sw::SM_OBJECTS_INCORRECT);
         }
         let last_seq = batch.last_seq();
-        let mac =
-            mac8(&k, &wire::journal_ack_mac_input(&batch.sam_id, last_seq)).map_err(internal)?;
+        let mac = mac8(
+            &k,
+            &wire::journal_ack_mac_input(&batch.sam_id, last_seq, &batch.mac),
+        )
+        .map_err(internal)?;
         Ok(JournalAck {
             sam_id: batch.sam_id,
             last_seq,
+            batch_mac: batch.mac,
             mac,
         }
         .encode())
@@ -969,6 +1253,9 @@ impl Applet for Sam {
         if cmd.ins == ins::GET_SAM_DATA {
             return Sam::get_sam_data(ctx, cmd);
         }
+        if cmd.ins == ins::GET_ATTESTATION_KEY {
+            return Sam::get_attestation_key(ctx, cmd);
+        }
         let handler: fn(&mut Context<'_>, &Command) -> Result<Vec<u8>, Sw> = match cmd.ins {
             ins::GET_PERSO_PUBLIC_KEY => Sam::get_perso_public_key,
             ins::INIT_KEY_IMPORT => Sam::init_key_import,
@@ -980,6 +1267,7 @@ impl Applet for Sam {
             ins::BEGIN_PURCHASE => Sam::begin_purchase,
             ins::AUTHORIZE_PURCHASE => Sam::authorize_purchase,
             ins::CONFIRM_PURCHASE => |ctx, cmd| Sam::confirm(ctx, cmd, kind::PURCHASE),
+            ins::BEGIN_RESOLVE => Sam::begin_resolve,
             ins::RESOLVE => Sam::resolve,
             ins::EXPORT_JOURNAL => Sam::export_journal,
             ins::ACK_JOURNAL => Sam::ack_journal,

@@ -10,8 +10,8 @@ pub use tessera_purse::wire::{MAC_LEN, Mac, PurseId, Reader, WireError};
 pub const SAM_AID: [u8; 7] = [0xF0, 0x54, 0x53, 0x52, 0x41, 0x03, 0x01];
 pub const CLA: u8 = 0x80;
 
-/// Instruction codes (CLA 80 unless noted). Every command except VERIFY and GET SAM DATA
-/// needs the SAM unlocked (6982 otherwise).
+/// Instruction codes (CLA 80 unless noted). Every command except VERIFY, GET SAM DATA and
+/// GET ATTESTATION KEY needs the SAM unlocked (6982 otherwise).
 pub mod ins {
     /// VERIFY the unlock PIN: CLA 00 (or 80), P1 00, P2 81. Unlocks until reset/deselect.
     pub const VERIFY: u8 = 0x20;
@@ -19,24 +19,35 @@ pub mod ins {
     pub const GET_SAM_DATA: u8 = 0x10;
     /// GET PERSO PUBLIC KEY (issuer) → DER SubjectPublicKeyInfo of the RSA personalisation key.
     pub const GET_PERSO_PUBLIC_KEY: u8 = 0x12;
-    /// INIT KEY IMPORT (new SAM, no keys yet) → RSA-OAEP ciphertext of a KeyTransportRequest.
+    /// INIT KEY IMPORT (new SAM, no keys yet) → `tessera_purse::wire::AttestedKeyRequest`
+    /// (RSA-OAEP ciphertext of a KeyTransportRequest, signed by the SAM's attestation key).
     pub const INIT_KEY_IMPORT: u8 = 0x14;
     /// IMPORT KEYS (new SAM): data = KeyBlob.
     pub const IMPORT_KEYS: u8 = 0x16;
-    /// EXPORT SAM KEYS (issuer): data = role (1) || OAEP ciphertext from INIT KEY IMPORT → KeyBlob.
+    /// EXPORT SAM KEYS (issuer): data = role (1) || [`super::PersonaliseRequest`] (the new
+    /// SAM's certificate and INIT KEY IMPORT answer) → KeyBlob.
     pub const EXPORT_SAM_KEYS: u8 = 0x18;
-    /// PERSONALISE PURSE (issuer): data = OAEP ciphertext from the purse's INIT PERSO → KeyBlob.
+    /// PERSONALISE PURSE (issuer): data = [`super::PersonaliseRequest`] (the purse's
+    /// certificate and INIT PERSO answer) → KeyBlob.
     pub const PERSONALISE_PURSE: u8 = 0x1A;
+    /// GET ATTESTATION KEY (any role, no unlock needed) → DER SubjectPublicKeyInfo of the
+    /// SAM's RSA-2048 attestation key (generated inside the SAM at installation).
+    pub const GET_ATTESTATION_KEY: u8 = 0x1C;
     pub const AUTHORIZE_LOAD: u8 = 0x30;
     pub const CONFIRM_LOAD: u8 = 0x32;
     pub const BEGIN_PURCHASE: u8 = 0x38;
     pub const AUTHORIZE_PURCHASE: u8 = 0x3A;
     pub const CONFIRM_PURCHASE: u8 = 0x3C;
-    /// RESOLVE a pending authorisation with the purse's GET TRANSACTION STATUS answer.
+    /// BEGIN RESOLVE → [`super::ResolveChallenge`]: a fresh challenge for the purse's
+    /// GET TRANSACTION STATUS, valid for RESOLVE of the entries that exist now.
+    pub const BEGIN_RESOLVE: u8 = 0x34;
+    /// RESOLVE a pending authorisation with the purse's GET TRANSACTION STATUS answer
+    /// (made for the challenge of the last BEGIN RESOLVE).
     pub const RESOLVE: u8 = 0x3E;
     /// EXPORT JOURNAL: P1 = maximum entries (1-255; 00 = 64) → JournalBatch.
     pub const EXPORT_JOURNAL: u8 = 0x40;
-    /// ACK JOURNAL: data = JournalAck; drops acknowledged non-pending entries.
+    /// ACK JOURNAL: data = JournalAck of the last exported batch; drops the entries that
+    /// batch showed CONFIRMED or VOID.
     pub const ACK_JOURNAL: u8 = 0x42;
     /// VERIFY JOURNAL (issuer): data = JournalBatch of another SAM → JournalAck.
     pub const VERIFY_JOURNAL: u8 = 0x44;
@@ -57,8 +68,19 @@ pub mod sw {
     pub const CARD_PROOF_INVALID: Sw = Sw(0x6924);
     /// This purse ID was already personalised by this SAM.
     pub const ALREADY_PERSONALISED: Sw = Sw(0x6925);
-    /// No purchase session (BEGIN PURCHASE not done, or reset since).
+    /// No purchase session (BEGIN PURCHASE not done, or reset since), or no resolve
+    /// session covering the transaction (BEGIN RESOLVE not done since it was authorised).
     pub const NO_SESSION: Sw = Sw(0x6926);
+    /// The chip certificate in a personalisation request does not chain to the
+    /// manufacturer CA the issuer SAM trusts (malformed, other CA, bad signature, outside
+    /// its validity at the request time, a CA certificate), or certifies another kind of
+    /// chip (purse certificate for EXPORT SAM KEYS, SAM certificate for PERSONALISE PURSE).
+    pub const CHIP_NOT_ATTESTED: Sw = Sw(0x6927);
+    /// The subject ID inside the key-transport request is not the certified subject.
+    pub const SUBJECT_MISMATCH: Sw = Sw(0x6928);
+    /// The request's attestation signature does not verify with the certified key (not
+    /// made by the certified chip, or over another ciphertext).
+    pub const ATTESTATION_INVALID: Sw = Sw(0x6929);
 }
 
 /// SAM roles.
@@ -93,7 +115,10 @@ pub fn journal_div_input(sam_id: &[u8; 4]) -> [u8; 5] {
 /// Layout: sam_id (4) | role (1) | pin_len (1) | pin | max_per_load u32 | max_per_day u32 |
 /// journal_capacity u16 | spki_len u16 | spki (terminal: the issuer SAM's personalisation
 /// public key; issuer: empty — an issuer SAM generates its master keys and its RSA-2048
-/// personalisation key inside itself at installation).
+/// personalisation key inside itself at installation) | ca_len u16 | chip_ca_cert (issuer:
+/// the DER X.509 certificate of the chip manufacturer CA, its trust anchor for chip
+/// attestation, required; terminal: empty). Every SAM also generates its RSA-2048
+/// attestation key inside itself at installation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SamInstall {
     pub sam_id: [u8; 4],
@@ -105,6 +130,8 @@ pub struct SamInstall {
     pub max_per_day: u32,
     pub journal_capacity: u16,
     pub issuer_perso_spki: Vec<u8>,
+    /// Issuer: DER certificate of the chip manufacturer CA. Terminal: empty.
+    pub chip_ca_cert: Vec<u8>,
 }
 
 impl SamInstall {
@@ -116,8 +143,8 @@ impl SamInstall {
         v.extend_from_slice(&self.max_per_load.to_be_bytes());
         v.extend_from_slice(&self.max_per_day.to_be_bytes());
         v.extend_from_slice(&self.journal_capacity.to_be_bytes());
-        v.extend_from_slice(&(self.issuer_perso_spki.len() as u16).to_be_bytes());
-        v.extend_from_slice(&self.issuer_perso_spki);
+        tessera_purse::wire::put_u16_prefixed(&mut v, &self.issuer_perso_spki);
+        tessera_purse::wire::put_u16_prefixed(&mut v, &self.chip_ca_cert);
         v
     }
     pub fn decode(b: &[u8]) -> Result<Self, WireError> {
@@ -144,14 +171,9 @@ impl SamInstall {
         let max_per_load = r.u32()?;
         let max_per_day = r.u32()?;
         let journal_capacity = r.u16()?;
-        let len = r.u16()? as usize;
-        let spki = r.rest();
-        if spki.len() != len {
-            return Err(WireError::Field {
-                msg: M,
-                field: "spki",
-            });
-        }
+        let spki = r.u16_prefixed("spki")?;
+        let chip_ca_cert = r.u16_prefixed("chip_ca_cert")?;
+        r.finish()?;
         Ok(SamInstall {
             sam_id,
             role,
@@ -159,7 +181,44 @@ impl SamInstall {
             max_per_load,
             max_per_day,
             journal_capacity,
-            issuer_perso_spki: spki.to_vec(),
+            issuer_perso_spki: spki,
+            chip_ca_cert,
+        })
+    }
+}
+
+/// PERSONALISE PURSE data, and EXPORT SAM KEYS data after its role byte: what the issuer
+/// SAM needs to check that a key-transport request comes from a genuine chip.
+///
+/// Layout: time u32 (Unix seconds, the host's clock: the issuer SAM has none; the chip
+/// certificate and the manufacturer CA must be valid at this time) | cert_len u16 |
+/// chip_cert (DER X.509 certificate of the chip's attestation key, issued by the
+/// manufacturer CA: subject CN = upper-case hex of the purse ID / SAM ID, card-role
+/// extension purse (2) / SAM (3)) | the chip's `AttestedKeyRequest` as it answered it
+/// (ct_len u16 | ciphertext | sig_len u16 | signature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonaliseRequest {
+    pub time: u32,
+    pub chip_cert: Vec<u8>,
+    pub request: tessera_purse::wire::AttestedKeyRequest,
+}
+
+impl PersonaliseRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.time.to_be_bytes().to_vec();
+        tessera_purse::wire::put_u16_prefixed(&mut v, &self.chip_cert);
+        v.extend_from_slice(&self.request.encode());
+        v
+    }
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::at_least(b, "PersonaliseRequest", 4 + 2 + 4)?;
+        let time = r.u32()?;
+        let chip_cert = r.u16_prefixed("chip_cert")?;
+        let request = tessera_purse::wire::AttestedKeyRequest::decode(r.rest())?;
+        Ok(PersonaliseRequest {
+            time,
+            chip_cert,
+            request,
         })
     }
 }
@@ -184,8 +243,17 @@ message!(
     proof: mac,
 });
 
+message!(
+    /// BEGIN RESOLVE response (80 34 00 00 Le): opens a resolve session. The host puts
+    /// `sam_challenge` in the purse's GET TRANSACTION STATUS query; RESOLVE accepts only
+    /// statuses MACed over it, for entries authorised before this BEGIN RESOLVE.
+    ResolveChallenge, 4 + 8, {
+    sam_id: b4,
+    sam_challenge: b8,
+});
+
 /// RESOLVE data: purse ID, key usage (01 load / 02 debit) and the purse's
-/// GET TRANSACTION STATUS answer for (this SAM, sam_txn).
+/// GET TRANSACTION STATUS answer for (this SAM, sam_txn, the resolve session's challenge).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolve {
     pub purse_id: PurseId,
@@ -289,11 +357,15 @@ impl JournalBatch {
 }
 
 message!(
-    /// ACK JOURNAL data, produced by the issuer SAM's VERIFY JOURNAL: MAC =
-    /// AES-CMAC(K_journal(sam), `41` || sam_id || last_seq)[..8].
-    JournalAck, 4 + 4 + 8, {
+    /// ACK JOURNAL data, produced by the issuer SAM's VERIFY JOURNAL for one batch:
+    /// sam_id (4) | last_seq u32 | batch_mac (8, the acknowledged batch's MAC) | mac (8),
+    /// mac = AES-CMAC(K_journal(sam), `41` || sam_id || last_seq || batch_mac)[..8]. The
+    /// exporting SAM accepts it only for the batch it exported last (same MAC and
+    /// last_seq) and drops exactly the entries that batch showed in a final state.
+    JournalAck, 4 + 4 + 8 + 8, {
     sam_id: b4,
     last_seq: u32,
+    batch_mac: mac,
     mac: mac,
 });
 
@@ -304,11 +376,12 @@ pub fn journal_batch_mac_input(batch: &JournalBatch) -> Vec<u8> {
     v
 }
 
-/// Bytes covered by a [`JournalAck`] MAC: `41` || sam_id || last_seq.
-pub fn journal_ack_mac_input(sam_id: &[u8; 4], last_seq: u32) -> Vec<u8> {
+/// Bytes covered by a [`JournalAck`] MAC: `41` || sam_id || last_seq || batch_mac.
+pub fn journal_ack_mac_input(sam_id: &[u8; 4], last_seq: u32, batch_mac: &Mac) -> Vec<u8> {
     let mut v = vec![tag::JOURNAL_ACK];
     v.extend_from_slice(sam_id);
     v.extend_from_slice(&last_seq.to_be_bytes());
+    v.extend_from_slice(batch_mac);
     v
 }
 
@@ -422,9 +495,38 @@ mod tests {
             max_per_day: 50_000,
             journal_capacity: 1000,
             issuer_perso_spki: vec![1, 2, 3],
+            chip_ca_cert: vec![4, 5],
         };
-        assert_eq!(SamInstall::decode(&p.encode()), Ok(p));
+        assert_eq!(SamInstall::decode(&p.encode()), Ok(p.clone()));
         assert!(SamInstall::decode(&[0, 0, 0, 7, 9, 0]).is_err());
+        let mut long = p.encode();
+        long.push(0);
+        assert!(SamInstall::decode(&long).is_err());
+        let mut short = p.encode();
+        short.pop();
+        assert!(SamInstall::decode(&short).is_err());
+    }
+
+    #[test]
+    fn personalise_request_round_trip_and_length_checks() {
+        let r = PersonaliseRequest {
+            time: 1_700_000_000,
+            chip_cert: vec![0x30; 700],
+            request: tessera_purse::wire::AttestedKeyRequest {
+                ciphertext: vec![1; 256],
+                signature: vec![2; 256],
+            },
+        };
+        let b = r.encode();
+        assert_eq!(b.len(), 4 + 2 + 700 + 2 + 256 + 2 + 256);
+        assert_eq!(PersonaliseRequest::decode(&b), Ok(r));
+        assert!(PersonaliseRequest::decode(&b[..b.len() - 1]).is_err());
+        let mut long = b.clone();
+        long.push(0);
+        assert!(PersonaliseRequest::decode(&long).is_err());
+        assert!(PersonaliseRequest::decode(&[0; 9]).is_err());
+        // A bare OAEP ciphertext (the pre-attestation request) does not decode.
+        assert!(PersonaliseRequest::decode(&[7; 256]).is_err());
     }
 
     #[test]
@@ -450,5 +552,23 @@ mod tests {
         assert_eq!(bytes.len(), 6 + 2 * JournalEntry::LEN + 8);
         assert_eq!(JournalBatch::decode(&bytes), Ok(b));
         assert!(JournalBatch::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn ack_layout_and_mac_input_cover_the_batch_mac() {
+        let a = JournalAck {
+            sam_id: [0, 0, 0, 2],
+            last_seq: 0x0102_0304,
+            batch_mac: [0xB0; 8],
+            mac: [0xA0; 8],
+        };
+        let b = a.encode();
+        assert_eq!(b.len(), 24);
+        assert_eq!(&b[4..8], &[1, 2, 3, 4]);
+        assert_eq!(&b[8..16], &[0xB0; 8]);
+        assert_eq!(JournalAck::decode(&b), Ok(a));
+        let m1 = journal_ack_mac_input(&[0, 0, 0, 2], 7, &[1; 8]);
+        assert_eq!(m1.len(), 1 + 4 + 4 + 8);
+        assert_ne!(m1, journal_ack_mac_input(&[0, 0, 0, 2], 7, &[2; 8]));
     }
 }

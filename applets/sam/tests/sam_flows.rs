@@ -129,6 +129,7 @@ fn terminal_key_import_refuses_a_tampered_blob_and_unknown_roles() {
         max_per_day: 0,
         journal_capacity: 10,
         issuer_perso_spki: spki,
+        chip_ca_cert: Vec::new(),
     };
     card.install("sam", &w::SAM_AID, Default::default(), &params.encode())
         .unwrap();
@@ -143,14 +144,20 @@ fn terminal_key_import_refuses_a_tampered_blob_and_unknown_roles() {
         t.sw(ins::IMPORT_KEYS, 0, 0, &[0; 57]),
         Sw::CONDITIONS_NOT_SATISFIED
     );
+    let cert = sam_cert(&mut t);
     let ct = t.ok(ins::INIT_KEY_IMPORT, 0, 0, &[]);
-    let mut data = vec![w::role::ISSUER];
-    data.extend_from_slice(&ct);
+    let mut data = export_request(&cert, &ct);
+    data[0] = w::role::ISSUER;
     assert_eq!(iss.sw(ins::EXPORT_SAM_KEYS, 0, 0, &data), Sw::WRONG_DATA);
     data[0] = w::role::TERMINAL;
+    // A garbled ciphertext no longer carries the chip's signature.
     let mut garbled = data.clone();
-    garbled[100] ^= 1;
-    assert_eq!(iss.sw(ins::EXPORT_SAM_KEYS, 0, 0, &garbled), Sw::WRONG_DATA);
+    let n = garbled.len();
+    garbled[n - 300] ^= 1;
+    assert_eq!(
+        iss.sw(ins::EXPORT_SAM_KEYS, 0, 0, &garbled),
+        sw::ATTESTATION_INVALID
+    );
     let mut blob = iss.ok(ins::EXPORT_SAM_KEYS, 0, 0, &data);
     let n = blob.len();
     blob[n - 1] ^= 1;
@@ -405,6 +412,7 @@ fn journal_full_then_settled() {
     assert_eq!(stale.entries[0].status, status::PENDING);
     let stale_ack = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &stale.encode());
     let st = txn_status(
+        &mut t,
         &mut p,
         pw::usage::DEBIT,
         pending.msg.sam_id,
@@ -488,6 +496,7 @@ fn journal_acks_are_bound_to_the_sam_and_its_key() {
     let host_made = w::JournalAck {
         sam_id: b2.sam_id,
         last_seq: 99,
+        batch_mac: b2.mac,
         mac: [0; 8],
     };
     assert_eq!(
@@ -568,4 +577,130 @@ fn tearing_during_authorize_load_keeps_txn_and_journal_together() {
         assert!(k < 10_000);
     }
     assert!(k > 20);
+}
+
+/// The journal counts of GET SAM DATA (kept in the state record, never recounted) follow
+/// every AUTHORIZE, CONFIRM, EXPORT and ACK, across buckets of 256 sequence numbers and a
+/// power cycle; the oldest entry (kept PENDING) stays first in every export.
+#[test]
+fn journal_counts_follow_every_change() {
+    let mut iss = issuer();
+    let mut p = purse(&mut iss, &PurseOpts::default());
+    // seq 1: authorised, never applied: stays PENDING.
+    let abandoned = prepare_load(&mut iss, &mut p, 1, T0);
+    assert_eq!(abandoned.sam_txn, 1);
+    for _ in 0..300 {
+        load(&mut iss, &mut p, 1);
+    }
+    let d = sam_data(&mut iss);
+    assert_eq!((d.journal_count, d.pending_count, d.sam_txn), (301, 1, 301));
+    // Settle in batches of 100: the PENDING entry stays, every other one goes.
+    let mut acked = 0;
+    loop {
+        let b = export(&mut iss, 100);
+        assert_eq!(b.entries[0].seq, 1);
+        assert_eq!(b.entries[0].status, status::PENDING);
+        let seqs: Vec<u32> = b.entries.iter().map(|e| e.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        if b.entries.len() == 1 {
+            break;
+        }
+        acked += b.entries.len() - 1;
+        let ack = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b.encode());
+        iss.ok(ins::ACK_JOURNAL, 0, 0, &ack);
+        let d = sam_data(&mut iss);
+        assert_eq!(usize::from(d.journal_count), 301 - acked);
+        assert_eq!(d.pending_count, 1);
+    }
+    assert_eq!(acked, 300);
+    iss.power_cycle();
+    unlock(&mut iss);
+    let d = sam_data(&mut iss);
+    assert_eq!((d.journal_count, d.pending_count), (1, 1));
+    // New entries after a long gap of dropped sequence numbers come after the old one.
+    load(&mut iss, &mut p, 1);
+    let b = export(&mut iss, 0);
+    assert_eq!(
+        b.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 302]
+    );
+}
+
+/// The race the batch-bound ack closes: batch B1 shows entry e PENDING; e is resolved;
+/// batch B2 (showing e VOID) is exported and lost; B1's ack arrives late. It must not drop
+/// e (the back end only saw it PENDING): the SAM accepts acks of its last batch only.
+#[test]
+fn ack_of_an_earlier_batch_drops_nothing() {
+    let mut iss = issuer();
+    let mut t = terminal(&mut iss, TerminalOpts::default());
+    let mut p = purse(&mut iss, &PurseOpts::default());
+    load(&mut iss, &mut p, 1_000);
+    purchase(&mut t, &mut p, 10, None).unwrap();
+    let e = prepare_purchase(&mut t, &mut p, 20, T0).unwrap();
+
+    let b1 = export(&mut t, 0);
+    assert_eq!(
+        b1.entries.iter().map(|x| x.status).collect::<Vec<_>>(),
+        vec![status::CONFIRMED, status::PENDING]
+    );
+    let ack1 = w::JournalAck::decode(&iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b1.encode())).unwrap();
+    assert_eq!(ack1.batch_mac, b1.mac);
+    assert_eq!(ack1.last_seq, e.msg.sam_txn);
+
+    let st = txn_status(
+        &mut t,
+        &mut p,
+        pw::usage::DEBIT,
+        e.msg.sam_id,
+        e.msg.sam_txn,
+    );
+    let r = resolve(&mut t, e.purse_id, e.msg.sam_txn, pw::usage::DEBIT, st);
+    assert_eq!(r.data, vec![status::VOID]);
+    // B2 shows e VOID; it never reaches the issuer.
+    let b2 = export(&mut t, 0);
+    assert_eq!(b2.entries[1].status, status::VOID);
+    assert_eq!(b2.last_seq(), b1.last_seq());
+    assert_ne!(b2.mac, b1.mac);
+
+    // B1's ack (same last_seq) is refused and drops nothing.
+    assert_eq!(
+        t.sw(ins::ACK_JOURNAL, 0, 0, &ack1.encode()),
+        Sw::CONDITIONS_NOT_SATISFIED
+    );
+    assert_eq!(sam_data(&mut t).journal_count, 2);
+    // An ack naming B2's MAC with B1's ack MAC does not verify.
+    let relabelled = w::JournalAck {
+        batch_mac: b2.mac,
+        ..ack1.clone()
+    };
+    assert_eq!(
+        t.sw(ins::ACK_JOURNAL, 0, 0, &relabelled.encode()),
+        Sw::SM_OBJECTS_INCORRECT
+    );
+
+    // The next batch, verified and acknowledged, settles both; its ack again is harmless.
+    let b3 = export(&mut t, 0);
+    assert_eq!(b3, b2);
+    let ack3 = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b3.encode());
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack3);
+    assert_eq!(sam_data(&mut t).journal_count, 0);
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack3);
+    assert_eq!(sam_data(&mut t).journal_count, 0);
+
+    // An ack of a batch that showed an entry PENDING never drops it, even when it is
+    // settled before the ack arrives (and no batch was exported in between).
+    let e2 = prepare_purchase(&mut t, &mut p, 30, T0).unwrap();
+    let b4 = export(&mut t, 0);
+    let ack4 = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b4.encode());
+    let st = txn_status(
+        &mut t,
+        &mut p,
+        pw::usage::DEBIT,
+        e2.msg.sam_id,
+        e2.msg.sam_txn,
+    );
+    resolve(&mut t, e2.purse_id, e2.msg.sam_txn, pw::usage::DEBIT, st);
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack4);
+    let d = sam_data(&mut t);
+    assert_eq!((d.journal_count, d.pending_count), (1, 0));
 }

@@ -17,12 +17,13 @@
 use crate::transport::{Transport, TransportError};
 use tessera_apdu::{Command, Sw};
 use tessera_purse::wire::{
-    self as pw, AuthorizeLoad, AuthorizePurchase, Balance, InitLoadResponse, InitPurchase,
+    self as pw, AttestedKeyRequest, AuthorizeLoad, AuthorizePurchase, Balance, InitLoadResponse, InitPurchase,
     InitPurchaseResponse, KeyBlob, Load, LoadAuthorization, LogRecord, Purchase,
     PurchaseAuthorization, PurseData, TxnStatus, TxnStatusQuery, ValueReceipt, WireError,
 };
 use tessera_sam::wire::{
-    self as sw_, BeginPurchase, Confirm, JournalAck, JournalBatch, Resolve, SamData,
+    self as sw_, BeginPurchase, Confirm, JournalAck, JournalBatch, PersonaliseRequest, Resolve,
+    ResolveChallenge, SamData,
 };
 
 /// Short Le asking for everything (encoded 00); longer answers come through 61xx.
@@ -113,7 +114,18 @@ pub fn sam_sw_meaning(sw: Sw) -> String {
         s if s == sw_::sw::NO_SUCH_TXN => "no such pending transaction".into(),
         s if s == sw_::sw::CARD_PROOF_INVALID => "card proof does not verify".into(),
         s if s == sw_::sw::ALREADY_PERSONALISED => "purse ID already personalised".into(),
-        s if s == sw_::sw::NO_SESSION => "no purchase session".into(),
+        s if s == sw_::sw::CHIP_NOT_ATTESTED => {
+            "chip not attested (certificate not from the trusted manufacturer CA, wrong chip kind or outside its validity)".into()
+        }
+        s if s == sw_::sw::SUBJECT_MISMATCH => {
+            "the request's purse / SAM ID is not the certified one".into()
+        }
+        s if s == sw_::sw::ATTESTATION_INVALID => {
+            "the request is not signed by the certified chip".into()
+        }
+        s if s == sw_::sw::NO_SESSION => {
+            "no purchase session, or no resolve session for this transaction".into()
+        }
         Sw::SECURITY_STATUS_NOT_SATISFIED => "SAM locked (unlock PIN not verified)".into(),
         Sw::AUTH_METHOD_BLOCKED => "SAM PIN blocked".into(),
         Sw::FILE_NOT_FOUND => "SAM applet not found on this card".into(),
@@ -228,12 +240,23 @@ impl<'a, T: Transport + ?Sized> PurseClient<'a, T> {
         Ok(out)
     }
 
-    /// INIT PERSO: the OAEP ciphertext of the purse's key transport request.
-    pub fn init_perso(&mut self) -> Result<Vec<u8>, ClientError> {
+    /// GET ATTESTATION KEY: DER SubjectPublicKeyInfo of the purse's attestation key (the
+    /// factory certifies it with the manufacturer CA).
+    pub fn attestation_key(&mut self) -> Result<Vec<u8>, ClientError> {
         self.run(
+            "GET ATTESTATION KEY",
+            &Self::cmd(pw::ins::GET_ATTESTATION_KEY, 0).with_le(LE_ALL),
+        )
+    }
+
+    /// INIT PERSO: the purse's key transport request (OAEP ciphertext) signed by its
+    /// attestation key.
+    pub fn init_perso(&mut self) -> Result<AttestedKeyRequest, ClientError> {
+        let d = self.run(
             "INIT PERSO",
             &Self::cmd(pw::ins::INIT_PERSO, 0).with_le(LE_ALL),
-        )
+        )?;
+        Ok(AttestedKeyRequest::decode(&d)?)
     }
 
     /// PUT KEYS: the key blob the issuer SAM made for this purse.
@@ -352,12 +375,23 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
         )
     }
 
-    /// INIT KEY IMPORT (new SAM): the OAEP ciphertext of its key transport request.
-    pub fn init_key_import(&mut self) -> Result<Vec<u8>, ClientError> {
+    /// GET ATTESTATION KEY: DER SubjectPublicKeyInfo of the SAM's attestation key (no
+    /// unlock needed; the factory certifies it with the manufacturer CA).
+    pub fn attestation_key(&mut self) -> Result<Vec<u8>, ClientError> {
         self.run(
+            "GET ATTESTATION KEY",
+            &Self::cmd(sw_::ins::GET_ATTESTATION_KEY, 0).with_le(LE_ALL),
+        )
+    }
+
+    /// INIT KEY IMPORT (new SAM): its key transport request (OAEP ciphertext) signed by
+    /// its attestation key.
+    pub fn init_key_import(&mut self) -> Result<AttestedKeyRequest, ClientError> {
+        let d = self.run(
             "INIT KEY IMPORT",
             &Self::cmd(sw_::ins::INIT_KEY_IMPORT, 0).with_le(LE_ALL),
-        )
+        )?;
+        Ok(AttestedKeyRequest::decode(&d)?)
     }
 
     /// IMPORT KEYS (new SAM).
@@ -370,11 +404,14 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
     }
 
     /// EXPORT SAM KEYS (issuer): the keys `role` needs, wrapped for the new SAM whose
-    /// INIT KEY IMPORT answered `request`.
-    pub fn export_sam_keys(&mut self, role: u8, request: &[u8]) -> Result<KeyBlob, ClientError> {
-        let mut data = Vec::with_capacity(1 + request.len());
-        data.push(role);
-        data.extend_from_slice(request);
+    /// certificate and INIT KEY IMPORT answer `request` carries.
+    pub fn export_sam_keys(
+        &mut self,
+        role: u8,
+        request: &PersonaliseRequest,
+    ) -> Result<KeyBlob, ClientError> {
+        let mut data = vec![role];
+        data.extend_from_slice(&request.encode());
         let d = self.run(
             "EXPORT SAM KEYS",
             &Self::cmd(sw_::ins::EXPORT_SAM_KEYS, 0)
@@ -384,13 +421,16 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
         Ok(KeyBlob::decode(&d)?)
     }
 
-    /// PERSONALISE PURSE (issuer): the purse's keys wrapped for the purse whose INIT PERSO
-    /// answered `request`.
-    pub fn personalise_purse(&mut self, request: &[u8]) -> Result<KeyBlob, ClientError> {
+    /// PERSONALISE PURSE (issuer): the purse's keys wrapped for the purse whose
+    /// certificate and INIT PERSO answer `request` carries.
+    pub fn personalise_purse(
+        &mut self,
+        request: &PersonaliseRequest,
+    ) -> Result<KeyBlob, ClientError> {
         let d = self.run(
             "PERSONALISE PURSE",
             &Self::cmd(sw_::ins::PERSONALISE_PURSE, 0)
-                .with_data(request.to_vec())
+                .with_data(request.encode())
                 .with_le(LE_ALL),
         )?;
         Ok(KeyBlob::decode(&d)?)
@@ -443,7 +483,18 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
         .map(|_| ())
     }
 
-    /// RESOLVE a pending authorisation with the purse's transaction status. Returns the
+    /// BEGIN RESOLVE: a fresh challenge for the purse's GET TRANSACTION STATUS (valid for
+    /// the entries the SAM holds now, until the next BEGIN RESOLVE, reset or deselect).
+    pub fn begin_resolve(&mut self) -> Result<ResolveChallenge, ClientError> {
+        let d = self.run(
+            "BEGIN RESOLVE",
+            &Self::cmd(sw_::ins::BEGIN_RESOLVE, 0).with_le(LE_ALL),
+        )?;
+        Ok(ResolveChallenge::decode(&d)?)
+    }
+
+    /// RESOLVE a pending authorisation with the purse's transaction status (made for the
+    /// challenge of the last [`SamClient::begin_resolve`]). Returns the
     /// entry's status afterwards (`tessera_sam::wire::status::CONFIRMED` or `VOID`).
     pub fn resolve(&mut self, m: &Resolve) -> Result<u8, ClientError> {
         let d = self.run(
@@ -471,7 +522,9 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
         Ok(JournalBatch::decode(&d)?)
     }
 
-    /// ACK JOURNAL: drops the acknowledged entries that are not pending.
+    /// ACK JOURNAL with the issuer's acknowledgement of the batch this SAM exported last:
+    /// drops the entries that batch showed CONFIRMED or VOID. An ack of an earlier batch
+    /// answers 6985 and drops nothing.
     pub fn ack_journal(&mut self, ack: &JournalAck) -> Result<(), ClientError> {
         self.run(
             "ACK JOURNAL",

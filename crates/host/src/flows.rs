@@ -133,6 +133,9 @@ pub enum FlowError {
     NotPersonalised,
     #[error("purse ID already personalised by this issuer SAM")]
     AlreadyPersonalised,
+    /// The issuer SAM refused the chip's attestation (6927, 6928, 6929): no keys issued.
+    #[error("chip attestation refused by the issuer SAM: {0}")]
+    NotAttested(String),
     #[error("SAM locked: unlock it with its PIN")]
     SamLocked,
     #[error("the SAM does not hold the key this needs (wrong SAM role)")]
@@ -175,6 +178,7 @@ impl FlowError {
             FlowError::WrongCurrency => "wrong_currency",
             FlowError::NotPersonalised => "not_personalised",
             FlowError::AlreadyPersonalised => "already_personalised",
+            FlowError::NotAttested(_) => "not_attested",
             FlowError::SamLocked => "sam_locked",
             FlowError::WrongSamRole => "wrong_sam_role",
             FlowError::CardProofInvalid => "card_proof_invalid",
@@ -226,6 +230,12 @@ fn sam_err(step: &'static str, e: ClientError) -> FlowError {
         s if s == sw_::sw::JOURNAL_FULL => FlowError::JournalFull,
         s if s == sw_::sw::CARD_PROOF_INVALID => FlowError::CardProofInvalid,
         s if s == sw_::sw::ALREADY_PERSONALISED => FlowError::AlreadyPersonalised,
+        s if s == sw_::sw::CHIP_NOT_ATTESTED
+            || s == sw_::sw::SUBJECT_MISMATCH
+            || s == sw_::sw::ATTESTATION_INVALID =>
+        {
+            FlowError::NotAttested(crate::clients::sam_sw_meaning(s))
+        }
         Sw::SECURITY_STATUS_NOT_SATISFIED => FlowError::SamLocked,
         _ => FlowError::Step { step, source: e },
     }
@@ -267,6 +277,20 @@ fn reopen_sam<S: Transport + ?Sized>(
     open_sam(sam, pin).map(|_| ())
 }
 
+/// After a lost SAM answer: reopen the SAM (reset, select, unlock) so that the caller can
+/// resend. A reopen whose own answer is lost is left to the caller's next attempt.
+fn reopen_after_loss<S: Transport + ?Sized>(
+    sam: &mut S,
+    opts: &FlowOptions,
+    step: &'static str,
+) -> Result<(), FlowError> {
+    match reopen_sam(sam, opts, step) {
+        Ok(()) => Ok(()),
+        Err(re) if re.is_no_response() => Ok(()),
+        Err(re) => Err(re),
+    }
+}
+
 /// Run an idempotent SAM command, reopening the SAM and resending when its answer is lost.
 fn sam_idempotent<S, R>(
     sam: &mut S,
@@ -283,11 +307,7 @@ where
             Ok(r) => return Ok(r),
             Err(e) if e.is_no_response() => {
                 last = Some(e);
-                match reopen_sam(sam, opts, step) {
-                    Ok(()) => {}
-                    Err(re) if re.is_no_response() => {}
-                    Err(re) => return Err(re),
-                }
+                reopen_after_loss(sam, opts, step)?;
             }
             Err(e) => return Err(sam_err(step, e)),
         }
@@ -298,10 +318,42 @@ where
     })
 }
 
-/// The recovery step: power the purse again, select it, ask GET TRANSACTION STATUS for
-/// (sam_id, sam_txn), and RESOLVE the SAM's pending entry with that MACed status. Returns
-/// the log record when the transaction was applied, `None` when it was not (the SAM entry
-/// is then VOID).
+/// GET TRANSACTION STATUS at the purse, powered again and selected first (so that no
+/// session is open), retried while its answer is lost.
+fn purse_status<P: Transport + ?Sized>(
+    purse: &mut P,
+    key_usage: u8,
+    query: &TxnStatusQuery,
+) -> Result<TxnStatus, FlowError> {
+    let mut problem = String::new();
+    for _ in 0..=RETRIES {
+        if let Err(e) = purse.reset() {
+            problem = format!("reset of the purse failed: {e}");
+            continue;
+        }
+        let mut c = PurseClient::new(&mut *purse);
+        if let Err(e) = c.select() {
+            problem = format!("select after reset failed: {e}");
+            if e.is_no_response() {
+                continue;
+            }
+            return Err(FlowError::Recovery(problem));
+        }
+        match c.txn_status(key_usage, query) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.is_no_response() => problem = format!("GET TRANSACTION STATUS: {e}"),
+            Err(e) => return Err(FlowError::Recovery(format!("GET TRANSACTION STATUS: {e}"))),
+        }
+    }
+    Err(FlowError::Recovery(problem))
+}
+
+/// The recovery step: BEGIN RESOLVE at the SAM (a fresh challenge), power the purse again,
+/// select it, ask GET TRANSACTION STATUS for (sam_id, sam_txn, challenge), and RESOLVE the
+/// SAM's pending entry with that MACed status. A lost SAM answer restarts the step with a
+/// new challenge (the purse's answer to a repeated query is the same; RESOLVE is
+/// idempotent). Returns the log record when the transaction was applied, `None` when it
+/// was not (the SAM entry is then VOID).
 pub fn recover<P, S>(
     purse: &mut P,
     sam: &mut S,
@@ -315,47 +367,47 @@ where
     P: Transport + ?Sized,
     S: Transport + ?Sized,
 {
-    let query = TxnStatusQuery { sam_id, sam_txn };
-    let mut status: Option<TxnStatus> = None;
-    let mut problem = String::new();
+    let mut last = None;
     for _ in 0..=RETRIES {
-        if let Err(e) = purse.reset() {
-            problem = format!("reset of the purse failed: {e}");
-            continue;
-        }
-        let mut c = PurseClient::new(purse);
-        if let Err(e) = c.select() {
-            problem = format!("select after reset failed: {e}");
-            if e.is_no_response() {
+        let challenge = match SamClient::new(&mut *sam).begin_resolve() {
+            Ok(c) => c.sam_challenge,
+            Err(e) if e.is_no_response() => {
+                last = Some(("BEGIN RESOLVE", e));
+                reopen_after_loss(sam, opts, "BEGIN RESOLVE")?;
                 continue;
             }
-            return Err(FlowError::Recovery(problem));
+            Err(e) => return Err(sam_err("BEGIN RESOLVE", e)),
+        };
+        let query = TxnStatusQuery {
+            sam_id,
+            sam_txn,
+            sam_challenge: challenge,
+        };
+        let status = purse_status(purse, key_usage, &query)?;
+        if status.applied && (status.record.sam_id != sam_id || status.record.sam_txn != sam_txn) {
+            return Err(FlowError::Recovery(
+                "the purse's transaction status names another transaction".into(),
+            ));
         }
-        match c.txn_status(key_usage, &query) {
-            Ok(s) => {
-                status = Some(s);
-                break;
+        let resolve = Resolve {
+            purse_id,
+            sam_txn,
+            key_usage,
+            status: status.clone(),
+        };
+        match SamClient::new(&mut *sam).resolve(&resolve) {
+            Ok(_) => return Ok(status.applied.then_some(status.record)),
+            Err(e) if e.is_no_response() => {
+                last = Some(("RESOLVE", e));
+                reopen_after_loss(sam, opts, "RESOLVE")?;
             }
-            Err(e) if e.is_no_response() => problem = format!("GET TRANSACTION STATUS: {e}"),
-            Err(e) => return Err(FlowError::Recovery(format!("GET TRANSACTION STATUS: {e}"))),
+            Err(e) => return Err(sam_err("RESOLVE", e)),
         }
     }
-    let Some(status) = status else {
-        return Err(FlowError::Recovery(problem));
-    };
-    if status.applied && (status.record.sam_id != sam_id || status.record.sam_txn != sam_txn) {
-        return Err(FlowError::Recovery(
-            "the purse's transaction status names another transaction".into(),
-        ));
-    }
-    let resolve = Resolve {
-        purse_id,
-        sam_txn,
-        key_usage,
-        status: status.clone(),
-    };
-    sam_idempotent(sam, opts, "RESOLVE", |c| c.resolve(&resolve))?;
-    Ok(status.applied.then_some(status.record))
+    Err(match last {
+        Some((step, source)) => FlowError::Step { step, source },
+        None => FlowError::Recovery("RESOLVE: no answer".into()),
+    })
 }
 
 /// Void a SAM authorisation that the purse refused (or that the host abandons): the purse
@@ -766,16 +818,28 @@ where
 
 // ------------------------------------------------------------------ personalisation
 
-/// Personalise a purse through the issuer SAM (open): INIT PERSO at the purse, PERSONALISE
-/// PURSE at the SAM, PUT KEYS at the purse. Returns the purse data afterwards.
-pub fn personalise_purse<P, S>(card: &mut P, issuer_sam: &mut S) -> Result<PurseData, FlowError>
+/// Personalise a purse through the issuer SAM (open): INIT PERSO at the purse (its key
+/// request signed by its attestation key), PERSONALISE PURSE at the SAM with the purse's
+/// certificate `chip_cert` (DER, issued by the manufacturer CA the SAM trusts), PUT KEYS
+/// at the purse. `time` (Unix seconds, the host's clock) is when the SAM checks the
+/// certificate's validity. Returns the purse data afterwards.
+pub fn personalise_purse<P, S>(
+    card: &mut P,
+    issuer_sam: &mut S,
+    chip_cert: &[u8],
+    time: u32,
+) -> Result<PurseData, FlowError>
 where
     P: Transport + ?Sized,
     S: Transport + ?Sized,
 {
     let mut pc = PurseClient::new(card);
     pc.select().map_err(|e| purse_err("SELECT PURSE", e))?;
-    let request = pc.init_perso().map_err(|e| purse_err("INIT PERSO", e))?;
+    let request = sw_::PersonaliseRequest {
+        time,
+        chip_cert: chip_cert.to_vec(),
+        request: pc.init_perso().map_err(|e| purse_err("INIT PERSO", e))?,
+    };
     let blob = SamClient::new(issuer_sam)
         .personalise_purse(&request)
         .map_err(|e| sam_err("PERSONALISE PURSE", e))?;
@@ -785,21 +849,28 @@ where
 }
 
 /// Personalise a new SAM (open: selected and unlocked with its own PIN) through the issuer
-/// SAM (open): INIT KEY IMPORT, EXPORT SAM KEYS for `role`, IMPORT KEYS. Returns the new
-/// SAM's data afterwards.
+/// SAM (open): INIT KEY IMPORT (signed by the new SAM's attestation key), EXPORT SAM KEYS
+/// for `role` with the new SAM's certificate `chip_cert` (checked at `time`, as in
+/// [`personalise_purse`]), IMPORT KEYS. Returns the new SAM's data afterwards.
 pub fn personalise_sam<N, S>(
     new_sam: &mut N,
     issuer_sam: &mut S,
     role: u8,
+    chip_cert: &[u8],
+    time: u32,
 ) -> Result<SamData, FlowError>
 where
     N: Transport + ?Sized,
     S: Transport + ?Sized,
 {
     let mut nc = SamClient::new(new_sam);
-    let request = nc
-        .init_key_import()
-        .map_err(|e| sam_err("INIT KEY IMPORT", e))?;
+    let request = sw_::PersonaliseRequest {
+        time,
+        chip_cert: chip_cert.to_vec(),
+        request: nc
+            .init_key_import()
+            .map_err(|e| sam_err("INIT KEY IMPORT", e))?,
+    };
     let blob = SamClient::new(issuer_sam)
         .export_sam_keys(role, &request)
         .map_err(|e| sam_err("EXPORT SAM KEYS", e))?;
@@ -832,7 +903,11 @@ pub struct SettleReport {
 }
 
 /// Settle a SAM's journal with the issuer SAM (both open): EXPORT JOURNAL, VERIFY JOURNAL
-/// at the issuer, ACK JOURNAL, until nothing acknowledgeable is left.
+/// at the issuer, ACK JOURNAL, until nothing acknowledgeable is left. Each ack is bound to
+/// its batch (it carries and MACs the batch MAC) and is sent right after that batch's
+/// export, so the terminal drops exactly the entries the issuer saw in a final state; if
+/// anything exports in between, the SAM refuses the ack and the entries wait for the next
+/// round.
 pub fn settle<T, S>(terminal_sam: &mut T, issuer_sam: &mut S) -> Result<SettleReport, FlowError>
 where
     T: Transport + ?Sized,

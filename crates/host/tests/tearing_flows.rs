@@ -255,3 +255,83 @@ fn tearing_authorize_and_confirm_at_every_write_of_the_sam() {
     walk(Flow::Pay, Side::Sam, sw_::ins::AUTHORIZE_PURCHASE);
     walk(Flow::Pay, Side::Sam, sw_::ins::CONFIRM_PURCHASE);
 }
+
+/// The purse's PURCHASE answer is lost (cut before its commit: not applied; after it:
+/// applied), and then the SAM loses power at every write index of RESOLVE in the recovery
+/// step: the recovery reopens the SAM, draws a new resolve challenge, asks the purse again
+/// and converges to the same outcome, with no PENDING entry left.
+#[test]
+fn tearing_resolve_at_every_write_of_the_sam() {
+    for purse_plan in [
+        TearPlan {
+            after_bytes: Some(0),
+            after_commit: false,
+        },
+        TearPlan {
+            after_bytes: None,
+            after_commit: true,
+        },
+    ] {
+        let applied = purse_plan.after_commit;
+        let mut k = 0u64;
+        loop {
+            let mut w = images().restore().unwrap();
+            let opts = w.terminal_opts();
+            let (before, _) = purse_state(&mut w.purses[0]);
+            let mut ptap = Tap::new(&mut w.purses[0]).arm(ins::PURCHASE, purse_plan);
+            let mut stap = Tap::new(&mut w.terminal).arm(
+                sw_::ins::RESOLVE,
+                TearPlan {
+                    after_bytes: Some(k),
+                    after_commit: false,
+                },
+            );
+            let r = flows::pay_with(
+                &mut ptap,
+                &mut stap,
+                &PayRequest {
+                    amount: 100,
+                    terminal_id: [0, 0, 0, 7],
+                    terminal_time: T,
+                    pin: None,
+                },
+                &opts,
+            );
+            let (sam_cut, sam_fired) = (stap.cut, stap.fired);
+            assert!(ptap.cut && sam_fired, "k {k}");
+            let ctx = format!("purse {purse_plan:?}, RESOLVE cut at {k}");
+            match r {
+                Ok(rec) => {
+                    assert!(applied, "{ctx}");
+                    assert!(rec.recovered && rec.sam_confirmed, "{ctx}");
+                }
+                Err(FlowError::NotApplied { voided }) => {
+                    assert!(!applied && voided, "{ctx}");
+                }
+                Err(e) => panic!("{ctx}: {e}"),
+            }
+            let (after, _) = purse_state(&mut w.purses[0]);
+            let expected = if applied {
+                before.balance - 100
+            } else {
+                before.balance
+            };
+            assert_eq!(after.balance, expected, "{ctx}");
+            assert!(w.terminal.store_consistent(), "{ctx}");
+            let j = journal(&mut w.terminal);
+            let want = if applied {
+                status::CONFIRMED
+            } else {
+                status::VOID
+            };
+            assert_eq!(j.last().map(|e| e.status), Some(want), "{ctx}: {j:?}");
+            assert!(j.iter().all(|e| e.status != status::PENDING), "{ctx}");
+            if !sam_cut {
+                break;
+            }
+            k += 1;
+            assert!(k < 10_000);
+        }
+        assert!(k > 5, "RESOLVE writes only {k} bytes?");
+    }
+}

@@ -2,8 +2,13 @@
 //! (Also compiled into the SAM tests with `#[path]`.)
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, UNIX_EPOCH};
 use tessera_apdu::{Command, Response, Sw};
+use tessera_crypto::rng::CardRng;
+use tessera_crypto::rsa::{RsaPrivateKey, RsaPublicKey};
+use tessera_crypto::x509::{self, CardCertificate, CardRole, CertificateParams};
 use tessera_os::{Card, CardError, Privileges, TearPlan};
 use tessera_purse::wire::{self as pw, PurseInstall};
 use tessera_sam::wire::{self as sw, SamInstall};
@@ -69,6 +74,114 @@ impl Chip {
     }
 }
 
+// ------------------------------------------------------------------ chip attestation
+
+/// A chip manufacturer CA: RSA key and self-signed certificate.
+pub struct Manufacturer {
+    pub key: RsaPrivateKey,
+    pub cert: CardCertificate,
+}
+
+impl Manufacturer {
+    /// A CA from a fixed seed, valid 2020-09 .. 2033-05 (T0 lies inside).
+    pub fn new(name: &str, seed: u8) -> Manufacturer {
+        let key =
+            RsaPrivateKey::generate(2048, &mut CardRng::from_seed([seed; 32])).expect("CA key");
+        let cert = x509::issue_self_signed(
+            &key,
+            &CertificateParams::ca(name, 1, at(1_600_000_000), at(2_000_000_000)),
+        )
+        .expect("CA certificate");
+        Manufacturer { key, cert }
+    }
+
+    /// Certify a chip's attestation key (SPKI DER) for `subject` (upper-case hex CN).
+    pub fn certify(&self, spki: &[u8], role: CardRole, subject: &[u8], serial: u64) -> Vec<u8> {
+        let pubkey = RsaPublicKey::from_spki_der(spki).expect("attestation SPKI");
+        x509::issue_certificate(
+            &self.key,
+            &self.cert,
+            &pubkey,
+            &CertificateParams::card(
+                &hex::encode_upper(subject),
+                serial,
+                role,
+                at(1_650_000_000),
+                at(1_950_000_000),
+            ),
+        )
+        .expect("chip certificate")
+        .to_der()
+        .to_vec()
+    }
+}
+
+pub fn at(secs: u64) -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// The manufacturer CA the test issuer SAM trusts (generated once per test binary).
+pub fn manufacturer() -> &'static Manufacturer {
+    static M: OnceLock<Manufacturer> = OnceLock::new();
+    M.get_or_init(|| Manufacturer::new("Test Chip Manufacturer", 0x4D))
+}
+
+/// Install-time images cached per test binary: chips generate an RSA attestation key at
+/// installation, so each distinct chip is installed once and then cloned from its image.
+fn cached_image(key: Vec<u8>, make: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
+    static CACHE: OnceLock<Mutex<HashMap<Vec<u8>, Arc<OnceLock<Vec<u8>>>>>> = OnceLock::new();
+    let cell = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .expect("cache lock")
+        .entry(key)
+        .or_default()
+        .clone();
+    cell.get_or_init(make).clone()
+}
+
+/// GET ATTESTATION KEY (purse 80 3A, SAM 80 1C): the chip's attestation SPKI.
+pub fn attestation_spki(chip: &mut Chip) -> Vec<u8> {
+    let ins = if chip.aid == sw::SAM_AID.to_vec() {
+        sw::ins::GET_ATTESTATION_KEY
+    } else {
+        pw::ins::GET_ATTESTATION_KEY
+    };
+    chip.ok(ins, 0, 0, &[])
+}
+
+/// The factory step for a purse: certify its attestation key for its purse ID.
+pub fn purse_cert(p: &mut Chip) -> Vec<u8> {
+    let spki = attestation_spki(p);
+    let id = purse_data(p).purse_id;
+    manufacturer().certify(&spki, CardRole::Purse, &id, 0x1000 + u64::from(id[7]))
+}
+
+/// The factory step for a SAM: certify its attestation key for its SAM ID.
+pub fn sam_cert(s: &mut Chip) -> Vec<u8> {
+    let spki = attestation_spki(s);
+    let id = sam_data(s).sam_id;
+    manufacturer().certify(&spki, CardRole::Sam, &id, 0x2000 + u64::from(id[3]))
+}
+
+/// PERSONALISE PURSE data (EXPORT SAM KEYS data after its role byte): the chip's
+/// certificate and its INIT PERSO / INIT KEY IMPORT answer, at time T0.
+pub fn perso_request(cert: &[u8], init_answer: &[u8]) -> Vec<u8> {
+    sw::PersonaliseRequest {
+        time: T0,
+        chip_cert: cert.to_vec(),
+        request: pw::AttestedKeyRequest::decode(init_answer).expect("attested request"),
+    }
+    .encode()
+}
+
+/// EXPORT SAM KEYS data for a terminal SAM.
+pub fn export_request(cert: &[u8], init_answer: &[u8]) -> Vec<u8> {
+    let mut data = vec![sw::role::TERMINAL];
+    data.extend_from_slice(&perso_request(cert, init_answer));
+    data
+}
+
 // ------------------------------------------------------------------ SAMs
 
 fn sam_card(card_id: &[u8], seed: u8) -> Card {
@@ -93,6 +206,7 @@ pub fn issuer_image() -> &'static [u8] {
             max_per_day: 10_000_000,
             journal_capacity: 2_000,
             issuer_perso_spki: Vec::new(),
+            chip_ca_cert: manufacturer().cert.to_der().to_vec(),
         };
         card.install("sam", &sw::SAM_AID, Privileges::default(), &params.encode())
             .expect("issuer SAM installs");
@@ -140,8 +254,18 @@ impl Default for TerminalOpts {
 /// Install a terminal SAM and personalise it from the issuer SAM through real APDUs
 /// (INIT KEY IMPORT → EXPORT SAM KEYS → IMPORT KEYS). Powered, selected, unlocked.
 pub fn terminal(issuer: &mut Chip, opts: TerminalOpts) -> Chip {
+    let mut t = blank_terminal(issuer, &opts);
+    let cert = sam_cert(&mut t);
+    let ct = t.ok(sw::ins::INIT_KEY_IMPORT, 0, 0, &[]);
+    let blob = issuer.ok(sw::ins::EXPORT_SAM_KEYS, 0, 0, &export_request(&cert, &ct));
+    t.ok(sw::ins::IMPORT_KEYS, 0, 0, &blob);
+    t
+}
+
+/// A terminal SAM installed (attestation key generated inside it) but without keys;
+/// powered, selected, unlocked.
+pub fn blank_terminal(issuer: &mut Chip, opts: &TerminalOpts) -> Chip {
     let spki = issuer.ok(sw::ins::GET_PERSO_PUBLIC_KEY, 0, 0, &[]);
-    let mut card = sam_card(&opts.sam_id, opts.sam_id[3]);
     let params = SamInstall {
         sam_id: opts.sam_id,
         role: sw::role::TERMINAL,
@@ -150,9 +274,17 @@ pub fn terminal(issuer: &mut Chip, opts: TerminalOpts) -> Chip {
         max_per_day: opts.max_per_day,
         journal_capacity: opts.journal_capacity,
         issuer_perso_spki: spki,
+        chip_ca_cert: Vec::new(),
     };
-    card.install("sam", &sw::SAM_AID, Privileges::default(), &params.encode())
-        .expect("terminal SAM installs");
+    let mut key = b"sam".to_vec();
+    key.extend_from_slice(&params.encode());
+    let image = cached_image(key, || {
+        let mut card = sam_card(&opts.sam_id, opts.sam_id[3]);
+        card.install("sam", &sw::SAM_AID, Privileges::default(), &params.encode())
+            .expect("terminal SAM installs");
+        card.to_image_bytes()
+    });
+    let card = Card::from_image_bytes(&image, vec![tessera_sam::load_file()]).expect("image");
     let mut t = Chip {
         card,
         aid: sw::SAM_AID.to_vec(),
@@ -160,11 +292,6 @@ pub fn terminal(issuer: &mut Chip, opts: TerminalOpts) -> Chip {
     t.card.power_on();
     t.select();
     unlock(&mut t);
-    let ct = t.ok(sw::ins::INIT_KEY_IMPORT, 0, 0, &[]);
-    let mut data = vec![sw::role::TERMINAL];
-    data.extend_from_slice(&ct);
-    let blob = issuer.ok(sw::ins::EXPORT_SAM_KEYS, 0, 0, &data);
-    t.ok(sw::ins::IMPORT_KEYS, 0, 0, &blob);
     t
 }
 
@@ -205,11 +332,6 @@ impl PurseOpts {
 pub fn blank_purse(issuer: &mut Chip, opts: &PurseOpts) -> Chip {
     let spki = issuer.ok(sw::ins::GET_PERSO_PUBLIC_KEY, 0, 0, &[]);
     let seed = *opts.card_id.last().unwrap_or(&0);
-    let mut card = Card::builder()
-        .card_id(opts.card_id.clone())
-        .seed([seed ^ 0xA0; 32])
-        .load_file(tessera_purse::load_file())
-        .build();
     let params = PurseInstall {
         currency: EUR,
         max_balance: opts.max_balance,
@@ -220,13 +342,26 @@ pub fn blank_purse(issuer: &mut Chip, opts: &PurseOpts) -> Chip {
         pin: opts.pin.clone(),
         issuer_perso_spki: spki,
     };
-    card.install(
-        "purse",
-        &pw::PURSE_AID,
-        Privileges::default(),
-        &params.encode(),
-    )
-    .expect("purse installs");
+    let mut key = b"purse".to_vec();
+    key.extend_from_slice(&opts.card_id);
+    key.push(0xFF);
+    key.extend_from_slice(&params.encode());
+    let image = cached_image(key, || {
+        let mut card = Card::builder()
+            .card_id(opts.card_id.clone())
+            .seed([seed ^ 0xA0; 32])
+            .load_file(tessera_purse::load_file())
+            .build();
+        card.install(
+            "purse",
+            &pw::PURSE_AID,
+            Privileges::default(),
+            &params.encode(),
+        )
+        .expect("purse installs");
+        card.to_image_bytes()
+    });
+    let card = Card::from_image_bytes(&image, vec![tessera_purse::load_file()]).expect("image");
     let mut p = Chip {
         card,
         aid: pw::PURSE_AID.to_vec(),
@@ -239,8 +374,9 @@ pub fn blank_purse(issuer: &mut Chip, opts: &PurseOpts) -> Chip {
 /// A purse personalised by the issuer SAM through INIT PERSO → PERSONALISE PURSE → PUT KEYS.
 pub fn purse(issuer: &mut Chip, opts: &PurseOpts) -> Chip {
     let mut p = blank_purse(issuer, opts);
+    let cert = purse_cert(&mut p);
     let ct = p.ok(pw::ins::INIT_PERSO, 0, 0, &[]);
-    let blob = issuer.ok(sw::ins::PERSONALISE_PURSE, 0, 0, &ct);
+    let blob = issuer.ok(sw::ins::PERSONALISE_PURSE, 0, 0, &perso_request(&cert, &ct));
     p.ok(pw::ins::PUT_KEYS, 0, 0, &blob);
     p
 }
@@ -407,8 +543,38 @@ pub fn purchase(
 
 // ------------------------------------------------------------------ recovery
 
-pub fn txn_status(purse: &mut Chip, key_usage: u8, sam_id: [u8; 4], sam_txn: u32) -> pw::TxnStatus {
-    let q = pw::TxnStatusQuery { sam_id, sam_txn };
+/// BEGIN RESOLVE on the SAM: the challenge its next RESOLVE expects in the status.
+pub fn begin_resolve(sam: &mut Chip) -> [u8; 8] {
+    sw::ResolveChallenge::decode(&sam.ok(sw::ins::BEGIN_RESOLVE, 0, 0, &[]))
+        .expect("resolve challenge")
+        .sam_challenge
+}
+
+/// GET TRANSACTION STATUS for the challenge of a resolve session opened now on `sam`.
+pub fn txn_status(
+    sam: &mut Chip,
+    purse: &mut Chip,
+    key_usage: u8,
+    sam_id: [u8; 4],
+    sam_txn: u32,
+) -> pw::TxnStatus {
+    let sam_challenge = begin_resolve(sam);
+    txn_status_for(purse, key_usage, sam_id, sam_txn, sam_challenge)
+}
+
+/// GET TRANSACTION STATUS with a given challenge.
+pub fn txn_status_for(
+    purse: &mut Chip,
+    key_usage: u8,
+    sam_id: [u8; 4],
+    sam_txn: u32,
+    sam_challenge: [u8; 8],
+) -> pw::TxnStatus {
+    let q = pw::TxnStatusQuery {
+        sam_id,
+        sam_txn,
+        sam_challenge,
+    };
     pw::TxnStatus::decode(&purse.ok(pw::ins::GET_TXN_STATUS, key_usage, 0, &q.encode()))
         .expect("status")
 }
