@@ -20,6 +20,11 @@ const ISSUER_SAM_FILE: &str = "issuer-sam.card";
 const ROOT_CERT_FILE: &str = "root-ca.der";
 const ROOT_KEY_FILE: &str = "root-ca.key";
 const ISSUER_CERT_FILE: &str = "issuer-sam-perso.der";
+/// The chip manufacturer CA (certifies chips' attestation keys at the factory; the issuer
+/// SAM trusts its certificate). A deployment keeps it at the chip factory, offline from the
+/// issuance workstation; the demo scheme keeps it here.
+const MANUFACTURER_KEY_FILE: &str = "manufacturer-ca.key";
+const MANUFACTURER_CERT_FILE: &str = "manufacturer-ca.crt";
 const SETTLEMENT_DIR: &str = "settlement";
 
 #[derive(clap::Subcommand)]
@@ -33,7 +38,7 @@ pub enum ValueCmd {
     /// SAMs: issue, show, journal, settlement.
     #[command(subcommand)]
     Sam(SamCmd),
-    /// Load value into a purse through the scheme's issuer SAM.
+    /// Load value into a purse through an issuer SAM (default: the scheme's image).
     Load(LoadArgs),
     /// Pay from a purse at a terminal SAM.
     Pay(PayArgs),
@@ -190,6 +195,10 @@ pub struct LoadArgs {
     pub scheme: PathBuf,
     #[command(flatten)]
     pub card: TargetArgs,
+    /// The issuer SAM: `--sam FILE` or `--sam-reader NAME` (default: the scheme's issuer
+    /// SAM image).
+    #[command(flatten)]
+    pub sam: SamTargetArgs,
     /// Amount in minor units.
     #[arg(long)]
     pub amount: u32,
@@ -363,6 +372,12 @@ struct Scheme {
     root_ca_cert: String,
     root_ca_key: String,
     issuer_perso_cert: String,
+    /// Chip manufacturer CA certificate (DER) and key (PKCS#8 DER); empty in a scheme made
+    /// before chip attestation.
+    #[serde(default)]
+    manufacturer_ca_cert: String,
+    #[serde(default)]
+    manufacturer_ca_key: String,
     next_card_serial: u32,
     next_sam_id: u32,
 }
@@ -398,6 +413,24 @@ impl Scheme {
         flows::open_sam(t.transport(), &pin)
             .map_err(|e| format!("issuer SAM {}: {e}", path.display()))?;
         Ok((t, pin))
+    }
+    /// The chip manufacturer CA (the factory's signing key for chip certificates).
+    fn manufacturer(&self, dir: &Path) -> CliResult<kit::ManufacturerCa> {
+        if self.manufacturer_ca_key.is_empty() || self.manufacturer_ca_cert.is_empty() {
+            return Err(format!(
+                "the scheme in {} has no chip manufacturer CA (made before chip attestation): re-create it with `tessera scheme init`",
+                dir.display()
+            )
+            .into());
+        }
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let key = zeroize::Zeroizing::new(read(&self.manufacturer_ca_key)?);
+        let cert = read(&self.manufacturer_ca_cert)?;
+        kit::ManufacturerCa::from_der(&key, &cert)
+            .map_err(|e| format!("chip manufacturer CA in {}: {e}", dir.display()).into())
     }
 }
 
@@ -441,6 +474,25 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
     }
     write_atomic(&dir.join(ROOT_CERT_FILE), root_cert.to_der())?;
 
+    // Chip manufacturer CA: certifies the attestation keys chips generate inside
+    // themselves; the issuer SAM trusts its certificate. (A deployment keeps it at the chip
+    // factory, offline from this workstation.)
+    let manufacturer = kit::ManufacturerCa::generate(&mut rng, t0)
+        .map_err(|e| format!("chip manufacturer CA: {e}"))?;
+    let mkey = manufacturer
+        .key_pkcs8_der()
+        .map_err(|e| format!("chip manufacturer CA key encoding: {e}"))?;
+    write_atomic(&dir.join(MANUFACTURER_KEY_FILE), &mkey)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(
+            dir.join(MANUFACTURER_KEY_FILE),
+            std::fs::Permissions::from_mode(0o600),
+        );
+    }
+    write_atomic(&dir.join(MANUFACTURER_CERT_FILE), manufacturer.cert_der())?;
+
     // Issuer SAM: keys generated inside it at installation.
     let pin = match &a.sam_pin {
         Some(p) => p.clone(),
@@ -451,13 +503,16 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
         }
     };
     let sam_id = [0, 0, 0, 1];
-    let mut issuer = kit::new_issuer_sam(&kit::SamParams {
-        sam_id,
-        role: sw_::role::ISSUER,
-        pin: pin.as_bytes().to_vec(),
-        journal_capacity: 1000,
-        ..Default::default()
-    })
+    let mut issuer = kit::new_issuer_sam(
+        &kit::SamParams {
+            sam_id,
+            role: sw_::role::ISSUER,
+            pin: pin.as_bytes().to_vec(),
+            journal_capacity: 1000,
+            ..Default::default()
+        },
+        manufacturer.cert_der(),
+    )
     .map_err(|e| format!("creating the issuer SAM: {e}"))?;
     let data =
         flows::open_sam(&mut issuer, pin.as_bytes()).map_err(|e| format!("issuer SAM: {e}"))?;
@@ -496,6 +551,8 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
         root_ca_cert: ROOT_CERT_FILE.into(),
         root_ca_key: ROOT_KEY_FILE.into(),
         issuer_perso_cert: ISSUER_CERT_FILE.into(),
+        manufacturer_ca_cert: MANUFACTURER_CERT_FILE.into(),
+        manufacturer_ca_key: MANUFACTURER_KEY_FILE.into(),
         next_card_serial: 1,
         next_sam_id: 2,
     };
@@ -513,13 +570,16 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
             "issuer_sam_id": hex::encode_upper(data.sam_id),
             "issuer_keys": keys,
             "root_ca_cert": dir.join(ROOT_CERT_FILE).display().to_string(),
+            "manufacturer_ca_cert": dir.join(MANUFACTURER_CERT_FILE).display().to_string(),
         }),
         text: format!(
-            "scheme created in {}\n  currency       {} ({})\n  root CA        {} (RSA-2048, self-signed)\n  issuer SAM     {} (ID {}, {} keys generated inside)\n  SAM PIN        stored in {} (override with --sam-pin)\n",
+            "scheme created in {}\n  currency       {} ({})\n  root CA        {} (RSA-2048, self-signed)\n  chip maker CA  {} (RSA-2048, self-signed; key {}: keep it offline at the factory)\n  issuer SAM     {} (ID {}, {} keys generated inside, trusts the chip maker CA)\n  SAM PIN        stored in {} (override with --sam-pin)\n",
             dir.display(),
             a.currency,
             currency_code(a.currency),
             dir.join(ROOT_CERT_FILE).display(),
+            dir.join(MANUFACTURER_CERT_FILE).display(),
+            dir.join(MANUFACTURER_KEY_FILE).display(),
             dir.join(ISSUER_SAM_FILE).display(),
             hex::encode_upper(data.sam_id),
             data.keys.len(),
@@ -573,6 +633,7 @@ fn card_issue(a: &CardIssueArgs) -> CliResult<Out> {
     let pin_threshold = a
         .pin_threshold
         .unwrap_or(if pin.is_empty() { u32::MAX } else { 2000 });
+    let manufacturer = scheme.manufacturer(&a.scheme)?;
     let (mut issuer, _) = scheme.open_issuer(&a.scheme, a.sam_pin.as_deref())?;
     let params = kit::PurseParams {
         card_id: card_id.clone(),
@@ -583,7 +644,7 @@ fn card_issue(a: &CardIssueArgs) -> CliResult<Out> {
         pin: pin.as_bytes().to_vec(),
         ..Default::default()
     };
-    let (card, data) = kit::issue_purse(issuer.transport(), &params)
+    let (card, data) = kit::issue_purse(issuer.transport(), &manufacturer, &params)
         .map_err(|e| format!("card issue failed: {e}"))?;
     // The issuer SAM remembers the purse ID it personalised: save it before the card.
     save_target(&mut issuer, "issuer SAM")?;
@@ -635,6 +696,7 @@ fn sam_issue(a: &SamIssueArgs) -> CliResult<Out> {
         .pin
         .clone()
         .unwrap_or_else(|| String::from_utf8_lossy(kit::DEFAULT_SAM_PIN).into_owned());
+    let manufacturer = scheme.manufacturer(&a.scheme)?;
     let (mut issuer, _) = scheme.open_issuer(&a.scheme, a.sam_pin.as_deref())?;
     let params = kit::SamParams {
         sam_id,
@@ -644,7 +706,7 @@ fn sam_issue(a: &SamIssueArgs) -> CliResult<Out> {
         journal_capacity: a.journal_capacity,
         ..Default::default()
     };
-    let (sam, data) = kit::issue_sam(issuer.transport(), &params)
+    let (sam, data) = kit::issue_sam(issuer.transport(), &manufacturer, &params)
         .map_err(|e| format!("SAM issue failed: {e}"))?;
     save_target(&mut issuer, "issuer SAM")?;
     sam.save_image(&a.out)
@@ -679,7 +741,27 @@ fn sam_issue(a: &SamIssueArgs) -> CliResult<Out> {
 
 fn load(a: &LoadArgs) -> CliResult<Out> {
     let scheme = Scheme::load(&a.scheme)?;
-    let (mut issuer, pin) = scheme.open_issuer(&a.scheme, a.sam_pin.as_deref())?;
+    let (mut issuer, pin) = if a.sam.sam.is_none() && a.sam.sam_reader.is_none() {
+        scheme.open_issuer(&a.scheme, a.sam_pin.as_deref())?
+    } else {
+        let mut t = a.sam.open()?;
+        let pin = a
+            .sam_pin
+            .as_deref()
+            .unwrap_or(&scheme.issuer_sam_pin)
+            .as_bytes()
+            .to_vec();
+        let data = flows::open_sam(t.transport(), &pin)
+            .map_err(|e| format!("issuer SAM ({}): {e}", t.describe()))?;
+        if data.role != sw_::role::ISSUER {
+            return Err(format!(
+                "the SAM given with --sam / --sam-reader ({}) is not an issuer SAM",
+                t.describe()
+            )
+            .into());
+        }
+        (t, pin)
+    };
     let mut card = a.card.open()?;
     let opts = FlowOptions { sam_pin: Some(pin) };
     let req = LoadRequest {
@@ -1017,31 +1099,60 @@ fn sam_journal(a: &SamJournalArgs) -> CliResult<Out> {
     if a.settle {
         let dir = a.scheme.as_deref().ok_or("--settle needs --scheme DIR")?;
         let scheme = Scheme::load(dir)?;
-        let (mut issuer, _) = scheme.open_issuer(dir, a.issuer_pin.as_deref())?;
-        let result = flows::settle(sam.transport(), issuer.transport());
-        // The receiver of the records (the issuer) first, then the SAM that dropped them.
-        let saved =
-            save_target(&mut issuer, "issuer SAM").and_then(|_| save_target(&mut sam, "SAM"));
+        let sdir = dir.join(SETTLEMENT_DIR);
+        let mut files = Vec::new();
+        // Each verified batch's record is durable (fsync, rename, directory fsync) before
+        // its ack is sent; keyed by SAM ID, last seq and batch MAC, so the identical batch
+        // seen again (a run cut after VERIFY JOURNAL) replaces its record.
+        let store = |b: &flows::VerifiedBatch| -> Result<(), String> {
+            let file = store_settlement(&sdir, b).map_err(|e| e.to_string())?;
+            if !files.contains(&file) {
+                files.push(file);
+            }
+            Ok(())
+        };
+        // Both SAMs commit each command, as chips do: images are saved after every command
+        // of the settlement, so the batch frozen by EXPORT, the issuer's settled mark and
+        // the dropped entries are on disk in that order.
+        let own = read_sam_role(&mut sam)? == sw_::role::ISSUER;
+        let result = if own {
+            // The issuer settles its own journal: one chip in both roles.
+            let shared = std::rc::Rc::new(std::cell::RefCell::new(Durable {
+                t: &mut sam,
+                what: "issuer SAM",
+            }));
+            flows::settle(
+                &mut Shared(shared.clone()),
+                &mut Shared(shared.clone()),
+                store,
+            )
+        } else {
+            let (mut issuer, _) = scheme.open_issuer(dir, a.issuer_pin.as_deref())?;
+            flows::settle(
+                &mut Durable {
+                    t: &mut sam,
+                    what: "SAM",
+                },
+                &mut Durable {
+                    t: &mut issuer,
+                    what: "issuer SAM",
+                },
+                store,
+            )
+        };
         let report = result.map_err(|e| flow_err("settlement", e))?;
-        saved?;
-        if !report.entries.is_empty() {
-            let sdir = dir.join(SETTLEMENT_DIR);
-            std::fs::create_dir_all(&sdir)
-                .map_err(|e| format!("cannot create {}: {e}", sdir.display()))?;
-            let file = sdir.join(format!(
-                "{}-{:08}.json",
-                hex::encode_upper(report.sam_id),
-                report.last_seq
-            ));
-            let record = json!({
-                "sam_id": hex::encode_upper(report.sam_id),
-                "last_seq": report.last_seq,
-                "entries": report.entries.iter().map(entry_json).collect::<Vec<_>>(),
-            });
-            write_atomic(&file, serde_json::to_string_pretty(&record)?.as_bytes())?;
-            j["settlement_file"] = json!(file.display().to_string());
+        for file in &files {
             let _ = writeln!(text, "settlement record written to {}", file.display());
         }
+        if let Some(last) = files.last() {
+            j["settlement_file"] = json!(last.display().to_string());
+        }
+        j["settlement_files"] = json!(
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+        );
         let _ = writeln!(
             text,
             "settled {} entries in {} batch(es): purchases {}, loads {}, {} void, {} pending left",
@@ -1055,6 +1166,81 @@ fn sam_journal(a: &SamJournalArgs) -> CliResult<Out> {
         j["settlement"] = serde_json::to_value(&report)?;
     }
     Ok(Out { json: j, text })
+}
+
+fn read_sam_role(t: &mut Target) -> CliResult<u8> {
+    Ok(SamClient::new(t.transport()).sam_data()?.role)
+}
+
+/// Write the settlement record of a verified batch to
+/// `DIR/<sam_id>-<last seq>-<batch MAC>.json` durably: temporary file, fsync, rename, then
+/// fsync of the directory. Returns the file.
+fn store_settlement(sdir: &Path, b: &flows::VerifiedBatch) -> CliResult<PathBuf> {
+    std::fs::create_dir_all(sdir).map_err(|e| format!("cannot create {}: {e}", sdir.display()))?;
+    let file = sdir.join(format!(
+        "{}-{:08}-{}.json",
+        hex::encode_upper(b.batch.sam_id),
+        b.ack.last_seq,
+        hex::encode_upper(b.batch.mac)
+    ));
+    let record = json!({
+        "sam_id": hex::encode_upper(b.batch.sam_id),
+        "last_seq": b.ack.last_seq,
+        "batch_mac": hex::encode_upper(b.batch.mac),
+        "batch_hex": hex::encode_upper(b.batch.encode()),
+        "ack_hex": hex::encode_upper(b.ack.encode()),
+        "entries": b.settled.iter().map(entry_json).collect::<Vec<_>>(),
+    });
+    write_atomic(&file, serde_json::to_string_pretty(&record)?.as_bytes())?;
+    #[cfg(unix)]
+    std::fs::File::open(sdir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot sync {}: {e}", sdir.display()))?;
+    Ok(file)
+}
+
+/// A SAM whose every command is durable at once, as on a chip: an image is saved after
+/// each command (a reader needs nothing).
+struct Durable<'a> {
+    t: &'a mut Target,
+    what: &'static str,
+}
+
+impl tessera_host::transport::Transport for Durable<'_> {
+    fn transmit_raw(
+        &mut self,
+        apdu: &[u8],
+    ) -> Result<Vec<u8>, tessera_host::transport::TransportError> {
+        let r = self.t.transport().transmit_raw(apdu)?;
+        self.t.save().map_err(|e| {
+            std::io::Error::other(format!("saving the {} image: {e}", self.what))
+        })?;
+        Ok(r)
+    }
+    fn reset(&mut self) -> Result<Vec<u8>, tessera_host::transport::TransportError> {
+        self.t.transport().reset()
+    }
+    fn atr(&mut self) -> Result<Vec<u8>, tessera_host::transport::TransportError> {
+        self.t.transport().atr()
+    }
+}
+
+/// One chip used in two roles by a flow (the issuer SAM settling its own journal).
+struct Shared<'a>(std::rc::Rc<std::cell::RefCell<Durable<'a>>>);
+
+impl tessera_host::transport::Transport for Shared<'_> {
+    fn transmit_raw(
+        &mut self,
+        apdu: &[u8],
+    ) -> Result<Vec<u8>, tessera_host::transport::TransportError> {
+        self.0.borrow_mut().transmit_raw(apdu)
+    }
+    fn reset(&mut self) -> Result<Vec<u8>, tessera_host::transport::TransportError> {
+        self.0.borrow_mut().reset()
+    }
+    fn atr(&mut self) -> Result<Vec<u8>, tessera_host::transport::TransportError> {
+        self.0.borrow_mut().atr()
+    }
 }
 
 // ------------------------------------------------------------------ demo
@@ -1127,7 +1313,7 @@ fn demo(a: &DemoArgs, g: Global) -> CliResult {
     };
 
     d.run(
-        "scheme init: root CA and issuer SAM",
+        "scheme init: root CA, chip manufacturer CA and issuer SAM",
         scheme_init(&SchemeInitArgs {
             dir: scheme_dir.clone(),
             currency: 978,
@@ -1169,6 +1355,7 @@ fn demo(a: &DemoArgs, g: Global) -> CliResult {
         load(&LoadArgs {
             scheme: scheme_dir.clone(),
             card: card_of(&alice),
+            sam: SamTargetArgs::default(),
             amount: 5000,
             sam_pin: None,
         }),

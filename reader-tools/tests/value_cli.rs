@@ -35,7 +35,14 @@ fn issue_load_pay_show_settle() {
     let scheme = p(d, "scheme");
     let card = p(d, "a.card");
     let sam = p(d, "t.sam");
-    ok_json(&["scheme", "init", &scheme]);
+    let init = ok_json(&["scheme", "init", &scheme]);
+    // The chip manufacturer CA the issuer SAM trusts (key + certificate, DER).
+    assert!(Path::new(&p(d, "scheme/manufacturer-ca.key")).exists());
+    assert!(Path::new(&p(d, "scheme/manufacturer-ca.crt")).exists());
+    assert_eq!(
+        init["manufacturer_ca_cert"],
+        p(d, "scheme/manufacturer-ca.crt")
+    );
     ok_json(&[
         "card", "issue", "--scheme", &scheme, "--out", &card, "--pin", "1234",
     ]);

@@ -19,9 +19,10 @@
 use crate::keyblob::{self, Key16, KeyBlobError};
 use crate::macs::{mac8, verify8};
 use crate::wire::{
-    self, AttestedKeyRequest, Balance, CLA, FLAG_PERSONALISED, FLAG_PIN_SET, FLAG_PIN_VALIDATED, InitLoadResponse,
-    InitPurchase, InitPurchaseResponse, KeyBlob, Load, LogRecord, Mac, Purchase, PurseData,
-    PurseId, PurseInstall, TxnStatus, TxnStatusQuery, ValueReceipt, ins, kind, sw, usage,
+    self, AttestedKeyRequest, Balance, CLA, FLAG_PERSONALISED, FLAG_PIN_SET, FLAG_PIN_VALIDATED,
+    InitLoadResponse, InitPurchase, InitPurchaseResponse, KeyBlob, Load, LogRecord, Mac, Purchase,
+    PurseData, PurseId, PurseInstall, TxnStatus, TxnStatusQuery, ValueReceipt, ins, kind, sw,
+    usage,
 };
 use serde::{Deserialize, Serialize};
 use tessera_apdu::{Command, Sw};

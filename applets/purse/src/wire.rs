@@ -1036,4 +1036,25 @@ mod tests {
             purse_id_for(&[0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x67])
         );
     }
+
+    #[test]
+    fn attested_key_request_round_trip_and_length_checks() {
+        let r = AttestedKeyRequest {
+            ciphertext: vec![1; 256],
+            signature: vec![2; 256],
+        };
+        let b = r.encode();
+        assert_eq!(b.len(), 2 + 256 + 2 + 256);
+        assert_eq!(&b[..2], &[0x01, 0x00]);
+        assert_eq!(AttestedKeyRequest::decode(&b), Ok(r));
+        assert!(AttestedKeyRequest::decode(&b[..b.len() - 1]).is_err());
+        let mut long = b.clone();
+        long.push(0);
+        assert!(AttestedKeyRequest::decode(&long).is_err());
+        assert!(AttestedKeyRequest::decode(&[0, 0]).is_err());
+        assert_eq!(
+            key_request_signed_input(&[0xAB]),
+            [KEY_REQUEST_SIG_TAG, &[0xAB]].concat()
+        );
+    }
 }

@@ -13,6 +13,8 @@
 //! | `ca` | issuer: DER certificate of the chip manufacturer CA (trust anchor for chip attestation) |
 //! | `J/` + seq (u32 BE) | journal entry ([`JRec`]) whose seq is the SAM transaction number |
 //! | `xb` | [`LastExport`]: MAC, last seq and final entries of the last exported batch |
+//! | `xp` | [`PendingExport`]: the entries of the last exported batch while it showed a final entry and is not acknowledged (EXPORT JOURNAL answers it again) |
+//! | `S/` + SAM ID | issuer: [`Settled`], what VERIFY JOURNAL has settled for that SAM |
 //! | `P/` + purse ID | issuer: a purse ID already personalised |
 //!
 //! An authorisation stages `val` (the new transaction number and the journal counts) and
@@ -24,8 +26,8 @@
 //! buckets of 256 sequence numbers, see [`journal_seqs`]).
 
 use crate::wire::{
-    self, BeginPurchase, CLA, Confirm, JournalAck, JournalBatch, JournalEntry,
-    PersonaliseRequest, Resolve, ResolveChallenge, SamData, SamInstall, ins, role, status, sw,
+    self, BeginPurchase, CLA, Confirm, JournalAck, JournalBatch, JournalEntry, PersonaliseRequest,
+    Resolve, ResolveChallenge, SamData, SamInstall, ins, role, status, sw,
 };
 use serde::{Deserialize, Serialize};
 use tessera_apdu::{Command, Sw};
@@ -63,6 +65,8 @@ const K_CA: &[u8] = b"ca";
 const J_PREFIX: &[u8] = b"J/";
 const P_PREFIX: &[u8] = b"P/";
 const K_EXPORT: &[u8] = b"xb";
+const K_PENDING_EXPORT: &[u8] = b"xp";
+const S_PREFIX: &[u8] = b"S/";
 const T_PURCHASE: &[u8] = b"purchase";
 const T_RESOLVE: &[u8] = b"resolve";
 
@@ -99,6 +103,9 @@ struct State {
     pending_count: u32,
     /// Sequence number of the oldest entry held; 0 when the journal is empty.
     oldest_seq: u32,
+    /// The latest `terminal_time` an authorisation was accepted with (0: none yet). An
+    /// authorisation more than [`wire::MAX_TIME_STEP`] ahead of it is refused.
+    time_hwm: u32,
 }
 
 /// The `val` record as written before the journal counts existed; read once and rebuilt
@@ -141,6 +148,39 @@ struct LastExport {
     batch_mac: Mac,
     last_seq: u32,
     final_seqs: Vec<u32>,
+}
+
+/// The batch awaiting its acknowledgement: written by an EXPORT JOURNAL whose batch shows
+/// at least one final entry, deleted by the ACK JOURNAL of that batch. While it exists,
+/// EXPORT JOURNAL answers that same batch again (same entries, same statuses, same MAC),
+/// so that an issuer which verified it but whose ack was lost sees the identical batch and
+/// re-issues the identical ack instead of settling a second, overlapping batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PendingExport {
+    /// Every entry of the batch, ascending (those shown PENDING included).
+    seqs: Vec<u32>,
+}
+
+/// Issuer: what VERIFY JOURNAL has settled for one SAM (record `S/` + SAM ID). Every
+/// sequence number up to `hwm` has been shown to this issuer in a verified batch (an entry
+/// missing from a batch below its last seq was dropped by an earlier ack); those still in
+/// `open` were only ever shown PENDING, every other one has been settled in its final
+/// state exactly once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Settled {
+    /// Highest sequence number shown in a verified batch.
+    hwm: u32,
+    /// Sequence numbers <= `hwm` shown PENDING and not yet settled, ascending.
+    open: Vec<u32>,
+    /// The last verified batch: its MAC and last seq (its ack is re-issued for it).
+    last_mac: Mac,
+    last_seq: u32,
+}
+
+fn s_key(sam_id: &[u8; 4]) -> Vec<u8> {
+    let mut k = S_PREFIX.to_vec();
+    k.extend_from_slice(sam_id);
+    k
 }
 
 impl JRec {
@@ -450,9 +490,14 @@ fn seal(
 }
 
 /// Apply the ceilings to a new authorisation of `amount` at `terminal_time`; returns the
-/// state with the day total updated. The day never goes back: a time earlier than the
-/// current day counts in the current day.
+/// state with the day total and the time high-water mark updated. The day never goes
+/// back: a time earlier than the current day counts in the current day. A time more than
+/// [`wire::MAX_TIME_STEP`] ahead of the latest accepted time is refused (692A): the SAM
+/// has no clock, so this bounds how far a lying host can move the day per authorisation.
 fn ceilings(cfg: &Config, st: &State, amount: u32, terminal_time: u32) -> Result<State, Sw> {
+    if st.time_hwm != 0 && terminal_time > st.time_hwm.saturating_add(wire::MAX_TIME_STEP) {
+        return Err(sw::TIME_OUT_OF_RANGE);
+    }
     if cfg.max_per_load != 0 && amount > cfg.max_per_load {
         return Err(sw::CEILING_EXCEEDED);
     }
@@ -471,6 +516,7 @@ fn ceilings(cfg: &Config, st: &State, amount: u32, terminal_time: u32) -> Result
     Ok(State {
         day,
         day_total,
+        time_hwm: st.time_hwm.max(terminal_time),
         ..*st
     })
 }
@@ -1147,14 +1193,43 @@ impl Sam {
         let cfg = config(ctx)?;
         let keys = read_keys(ctx)?;
         let k = own_journal_key(&keys, &cfg)?;
+        // A batch that showed a final entry and is not acknowledged yet: answer it again,
+        // identical (the issuer may have verified it and its ack been lost).
+        if let Some(pending) = ctx.load::<PendingExport>(K_PENDING_EXPORT)? {
+            let last = ctx.load::<LastExport>(K_EXPORT)?.ok_or(Sw::UNKNOWN)?;
+            let mut entries = Vec::with_capacity(pending.seqs.len());
+            for &seq in &pending.seqs {
+                let r = journal_get(ctx, seq)?.ok_or(Sw::UNKNOWN)?;
+                let mut e = r.entry();
+                if !last.final_seqs.contains(&seq) {
+                    // Shown PENDING then: as a PENDING entry reads (no proof, no balance).
+                    e.status = status::PENDING;
+                    e.balance_after = 0;
+                    e.proof = [0; 8];
+                }
+                entries.push(e);
+            }
+            let mut batch = JournalBatch {
+                sam_id: cfg.sam_id,
+                entries,
+                mac: [0; 8],
+            };
+            batch.mac = mac8(&k, &wire::journal_batch_mac_input(&batch)).map_err(internal)?;
+            if !tessera_crypto::ct_eq(&batch.mac, &last.batch_mac) {
+                return Err(Sw::UNKNOWN);
+            }
+            return Ok(batch.encode());
+        }
         let st = state(ctx)?;
         let mut entries = Vec::new();
+        let mut seqs = Vec::new();
         let mut final_seqs = Vec::new();
         for seq in held_seqs(ctx, &st, st.sam_txn, max) {
             let r = journal_get(ctx, seq)?.ok_or(Sw::UNKNOWN)?;
             if r.status != status::PENDING {
                 final_seqs.push(seq);
             }
+            seqs.push(seq);
             entries.push(r.entry());
         }
         let mut batch = JournalBatch {
@@ -1163,6 +1238,9 @@ impl Sam {
             mac: [0; 8],
         };
         batch.mac = mac8(&k, &wire::journal_batch_mac_input(&batch)).map_err(internal)?;
+        if !final_seqs.is_empty() {
+            ctx.save(K_PENDING_EXPORT, &PendingExport { seqs })?;
+        }
         ctx.save(
             K_EXPORT,
             &LastExport {
@@ -1205,10 +1283,15 @@ impl Sam {
         // Entries shown CONFIRMED or VOID never change again; those already dropped (an
         // ack sent twice) are skipped.
         drop_entries(ctx, &mut st, &last.final_seqs)?;
+        // The batch is acknowledged: the next EXPORT JOURNAL makes a new one.
+        ctx.delete(K_PENDING_EXPORT);
         ctx.save(K_STATE, &st)?;
         Ok(Vec::new())
     }
 
+    /// VERIFY JOURNAL (issuer): check the batch MAC, settle it at most once per SAM (record
+    /// `S/` + SAM ID, updated in this command's commit) and answer its ack. See
+    /// [`Settled`] and docs/applets/sam.md, *Journal and settlement*.
     fn verify_journal(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         p1p2(cmd, 0, 0)?;
         let keys = read_keys(ctx)?;
@@ -1219,18 +1302,56 @@ impl Sam {
             return Err(Sw::SM_OBJECTS_INCORRECT);
         }
         let last_seq = batch.last_seq();
-        let mac = mac8(
+        let ack_mac = mac8(
             &k,
             &wire::journal_ack_mac_input(&batch.sam_id, last_seq, &batch.mac),
         )
         .map_err(internal)?;
-        Ok(JournalAck {
+        let ack = JournalAck {
             sam_id: batch.sam_id,
             last_seq,
             batch_mac: batch.mac,
-            mac,
+            mac: ack_mac,
         }
-        .encode())
+        .encode();
+        let key = s_key(&batch.sam_id);
+        let mut rec = ctx.load::<Settled>(&key)?.unwrap_or_default();
+        // The last batch verified for this SAM, again (its ack was lost): the same ack,
+        // nothing settled twice.
+        if rec.last_seq == last_seq && tessera_crypto::ct_eq(&rec.last_mac, &batch.mac) {
+            return Ok(ack);
+        }
+        let mut fresh = false;
+        for e in &batch.entries {
+            let open = rec.open.binary_search(&e.seq).is_ok();
+            if e.seq > rec.hwm {
+                fresh = true;
+            } else if !open {
+                // Settled in its final state by an earlier batch: shown again (final, or
+                // PENDING in a stale batch), this batch would settle it twice.
+                return Err(sw::ALREADY_SETTLED);
+            } else if e.status != status::PENDING {
+                fresh = true;
+            }
+        }
+        if !fresh {
+            return Err(sw::ALREADY_SETTLED);
+        }
+        for e in &batch.entries {
+            let pos = rec.open.binary_search(&e.seq);
+            match (e.status == status::PENDING, pos) {
+                (true, Err(at)) => rec.open.insert(at, e.seq),
+                (false, Ok(at)) => {
+                    rec.open.remove(at);
+                }
+                _ => {}
+            }
+        }
+        rec.hwm = rec.hwm.max(last_seq);
+        rec.last_mac = batch.mac;
+        rec.last_seq = last_seq;
+        ctx.save(&key, &rec)?;
+        Ok(ack)
     }
 }
 

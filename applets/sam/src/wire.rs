@@ -1,6 +1,7 @@
 //! The SAM's wire messages, the one definition used by the SAM applet and its host client.
 //! Purse-facing messages (AuthorizeLoad, LoadAuthorization, AuthorizePurchase,
-//! PurchaseAuthorization, KeyBlob, KeyTransportRequest, TxnStatus) are the purse's: see
+//! PurchaseAuthorization, KeyBlob, KeyTransportRequest, AttestedKeyRequest, TxnStatus) are
+//! the purse's: see
 //! `tessera_purse::wire`. Integers big-endian; MACs AES-CMAC truncated to 8 bytes.
 
 use tessera_purse::message;
@@ -81,7 +82,18 @@ pub mod sw {
     /// The request's attestation signature does not verify with the certified key (not
     /// made by the certified chip, or over another ciphertext).
     pub const ATTESTATION_INVALID: Sw = Sw(0x6929);
+    /// AUTHORIZE LOAD / PURCHASE: `terminal_time` is more than
+    /// [`super::MAX_TIME_STEP`] seconds ahead of the latest time this SAM has accepted.
+    pub const TIME_OUT_OF_RANGE: Sw = Sw(0x692A);
+    /// VERIFY JOURNAL: the batch shows nothing this issuer SAM has not already settled
+    /// (a replayed or stale batch), and it is not the last batch verified for that SAM
+    /// (whose acknowledgement is re-issued).
+    pub const ALREADY_SETTLED: Sw = Sw(0x692B);
 }
+
+/// The largest step, in seconds, by which an authorisation's `terminal_time` may be ahead
+/// of the latest time the SAM has accepted (7 days); see docs/applets/sam.md, *Ceilings*.
+pub const MAX_TIME_STEP: u32 = 7 * 86_400;
 
 /// SAM roles.
 pub mod role {

@@ -406,11 +406,14 @@ fn journal_full_then_settled() {
         Some(sw::JOURNAL_FULL)
     );
 
-    // Export while PENDING, then the entry is resolved (the purse never saw it): the ack
-    // of the old batch does not drop it, since the back end has not seen its final state.
+    // Export while PENDING: the issuer already saw that entry PENDING, the batch shows it
+    // nothing new to settle. Then the entry is resolved (the purse never saw it).
     let stale = export(&mut t, 1);
     assert_eq!(stale.entries[0].status, status::PENDING);
-    let stale_ack = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &stale.encode());
+    assert_eq!(
+        iss.sw(ins::VERIFY_JOURNAL, 0, 0, &stale.encode()),
+        sw::ALREADY_SETTLED
+    );
     let st = txn_status(
         &mut t,
         &mut p,
@@ -427,7 +430,6 @@ fn journal_full_then_settled() {
         st,
     );
     assert_eq!(r.data, vec![status::VOID]);
-    t.ok(ins::ACK_JOURNAL, 0, 0, &stale_ack);
     assert_eq!(sam_data(&mut t).journal_count, 2);
     let batch = export(&mut t, 1);
     assert_eq!(batch.entries.len(), 1);
@@ -626,11 +628,12 @@ fn journal_counts_follow_every_change() {
     );
 }
 
-/// The race the batch-bound ack closes: batch B1 shows entry e PENDING; e is resolved;
-/// batch B2 (showing e VOID) is exported and lost; B1's ack arrives late. It must not drop
-/// e (the back end only saw it PENDING): the SAM accepts acks of its last batch only.
+/// A batch that showed a final entry is exported again, identical, until its ack arrives:
+/// B1 shows e PENDING; e is resolved; the next export is still B1 (so the issuer, which may
+/// have verified B1 already, sees the same batch and re-issues the same ack). B1's ack
+/// drops only what B1 showed final; e leaves with the next batch, which shows it VOID.
 #[test]
-fn ack_of_an_earlier_batch_drops_nothing() {
+fn unacknowledged_batch_is_exported_again_identically() {
     let mut iss = issuer();
     let mut t = terminal(&mut iss, TerminalOpts::default());
     let mut p = purse(&mut iss, &PurseOpts::default());
@@ -643,7 +646,8 @@ fn ack_of_an_earlier_batch_drops_nothing() {
         b1.entries.iter().map(|x| x.status).collect::<Vec<_>>(),
         vec![status::CONFIRMED, status::PENDING]
     );
-    let ack1 = w::JournalAck::decode(&iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b1.encode())).unwrap();
+    let ack1_bytes = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b1.encode());
+    let ack1 = w::JournalAck::decode(&ack1_bytes).unwrap();
     assert_eq!(ack1.batch_mac, b1.mac);
     assert_eq!(ack1.last_seq, e.msg.sam_txn);
 
@@ -656,35 +660,36 @@ fn ack_of_an_earlier_batch_drops_nothing() {
     );
     let r = resolve(&mut t, e.purse_id, e.msg.sam_txn, pw::usage::DEBIT, st);
     assert_eq!(r.data, vec![status::VOID]);
-    // B2 shows e VOID; it never reaches the issuer.
-    let b2 = export(&mut t, 0);
-    assert_eq!(b2.entries[1].status, status::VOID);
-    assert_eq!(b2.last_seq(), b1.last_seq());
-    assert_ne!(b2.mac, b1.mac);
+    // Still B1, whatever P1 asks, across a power cycle; the issuer re-issues B1's ack.
+    assert_eq!(export(&mut t, 1), b1);
+    t.power_cycle();
+    unlock(&mut t);
+    assert_eq!(export(&mut t, 0), b1);
+    assert_eq!(iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b1.encode()), ack1_bytes);
 
-    // B1's ack (same last_seq) is refused and drops nothing.
-    assert_eq!(
-        t.sw(ins::ACK_JOURNAL, 0, 0, &ack1.encode()),
-        Sw::CONDITIONS_NOT_SATISFIED
-    );
-    assert_eq!(sam_data(&mut t).journal_count, 2);
-    // An ack naming B2's MAC with B1's ack MAC does not verify.
+    // An ack naming another batch MAC with B1's ack MAC does not verify.
     let relabelled = w::JournalAck {
-        batch_mac: b2.mac,
+        batch_mac: [0x55; 8],
         ..ack1.clone()
     };
     assert_eq!(
         t.sw(ins::ACK_JOURNAL, 0, 0, &relabelled.encode()),
         Sw::SM_OBJECTS_INCORRECT
     );
+    // B1's ack drops the entry B1 showed CONFIRMED, not e (B1 showed it PENDING).
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack1_bytes);
+    let d = sam_data(&mut t);
+    assert_eq!((d.journal_count, d.pending_count), (1, 0));
 
-    // The next batch, verified and acknowledged, settles both; its ack again is harmless.
-    let b3 = export(&mut t, 0);
-    assert_eq!(b3, b2);
-    let ack3 = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b3.encode());
-    t.ok(ins::ACK_JOURNAL, 0, 0, &ack3);
+    // The next batch shows e VOID; verified and acknowledged, it settles it; its ack
+    // again is harmless.
+    let b2 = export(&mut t, 0);
+    assert_eq!(b2.entries.len(), 1);
+    assert_eq!(b2.entries[0].status, status::VOID);
+    let ack2 = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b2.encode());
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack2);
     assert_eq!(sam_data(&mut t).journal_count, 0);
-    t.ok(ins::ACK_JOURNAL, 0, 0, &ack3);
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack2);
     assert_eq!(sam_data(&mut t).journal_count, 0);
 
     // An ack of a batch that showed an entry PENDING never drops it, even when it is
@@ -703,4 +708,180 @@ fn ack_of_an_earlier_batch_drops_nothing() {
     t.ok(ins::ACK_JOURNAL, 0, 0, &ack4);
     let d = sam_data(&mut t);
     assert_eq!((d.journal_count, d.pending_count), (1, 0));
+    // Once a later batch was exported, the earlier ack is refused and drops nothing.
+    let b5 = export(&mut t, 0);
+    assert_eq!(b5.entries[0].status, status::VOID);
+    assert_eq!(
+        t.sw(ins::ACK_JOURNAL, 0, 0, &ack4),
+        Sw::CONDITIONS_NOT_SATISFIED
+    );
+    assert_eq!(sam_data(&mut t).journal_count, 1);
+    let ack5 = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b5.encode());
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack5);
+    assert_eq!(sam_data(&mut t).journal_count, 0);
+}
+
+/// The issuer settles each entry once: a crash between VERIFY JOURNAL and ACK JOURNAL
+/// (the ack lost) ends with the same batch exported again and the same ack re-issued,
+/// nothing settled twice; an old batch replayed later is refused (692B); a forged batch
+/// does not verify (6988); a VERIFY torn at any byte leaves the issuer answering the same
+/// ack for the batch.
+#[test]
+fn issuer_settles_each_batch_once() {
+    let mut iss = issuer();
+    let mut t = terminal(&mut iss, TerminalOpts::default());
+    let mut p = purse(&mut iss, &PurseOpts::default());
+    load(&mut iss, &mut p, 1_000);
+    purchase(&mut t, &mut p, 10, None).unwrap();
+    purchase(&mut t, &mut p, 20, None).unwrap();
+
+    let b1 = export(&mut t, 0);
+    // VERIFY torn at every byte: afterwards the issuer either settled b1 or not, and
+    // answers b1's ack either way.
+    let mut k = 0u64;
+    let ack1 = loop {
+        iss.card.arm_tear(TearPlan {
+            after_bytes: Some(k),
+            after_commit: false,
+        });
+        match iss.try_send(0x80, ins::VERIFY_JOURNAL, 0, 0, &b1.encode()) {
+            Err(CardError::PowerLost) => {
+                iss.card.power_on();
+                iss.select();
+                unlock(&mut iss);
+                assert!(iss.card.store_consistent());
+                k += 1;
+            }
+            Ok(r) => {
+                assert_eq!(r.sw, Sw::OK);
+                disarm(&mut iss.card);
+                break r.data;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(k < 10_000);
+    };
+    assert!(k > 0);
+    // The ack is lost; the terminal loses power; the host comes back and a purchase
+    // happens before the settlement is run again.
+    t.power_cycle();
+    unlock(&mut t);
+    purchase(&mut t, &mut p, 30, None).unwrap();
+    let again = export(&mut t, 0);
+    assert_eq!(again, b1);
+    assert_eq!(iss.ok(ins::VERIFY_JOURNAL, 0, 0, &again.encode()), ack1);
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack1);
+    assert_eq!(sam_data(&mut t).journal_count, 1);
+
+    let b2 = export(&mut t, 0);
+    assert_eq!(b2.entries.len(), 1);
+    assert_eq!(b2.entries[0].amount, 30);
+    // A forged batch: an amount changed, or entries dropped, under the old MAC.
+    let mut forged = b2.clone();
+    forged.entries[0].amount = 3_000;
+    assert_eq!(
+        iss.sw(ins::VERIFY_JOURNAL, 0, 0, &forged.encode()),
+        Sw::SM_OBJECTS_INCORRECT
+    );
+    let mut truncated = b1.clone();
+    truncated.entries.pop();
+    assert_eq!(
+        iss.sw(ins::VERIFY_JOURNAL, 0, 0, &truncated.encode()),
+        Sw::SM_OBJECTS_INCORRECT
+    );
+    let ack2 = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b2.encode());
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack2);
+    assert_eq!(sam_data(&mut t).journal_count, 0);
+    // The old batch, replayed: refused, nothing settled again.
+    assert_eq!(
+        iss.sw(ins::VERIFY_JOURNAL, 0, 0, &b1.encode()),
+        sw::ALREADY_SETTLED
+    );
+    // The last batch again: its ack again (a lost ack), nothing settled again.
+    assert_eq!(iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b2.encode()), ack2);
+    // An empty batch shows nothing to settle.
+    let empty = export(&mut t, 0);
+    assert!(empty.entries.is_empty());
+    assert_eq!(
+        iss.sw(ins::VERIFY_JOURNAL, 0, 0, &empty.encode()),
+        sw::ALREADY_SETTLED
+    );
+    // The settlement state survives a power cycle of the issuer.
+    iss.power_cycle();
+    unlock(&mut iss);
+    assert_eq!(
+        iss.sw(ins::VERIFY_JOURNAL, 0, 0, &b1.encode()),
+        sw::ALREADY_SETTLED
+    );
+}
+
+/// The SAM has no clock: it refuses a terminal time more than MAX_TIME_STEP ahead of the
+/// latest time it accepted (a host cannot open a far-future day, which would freeze the
+/// daily ceiling, or jump days at will), and the bound moves with each accepted time.
+#[test]
+fn terminal_time_far_ahead_is_refused() {
+    let mut iss = issuer();
+    let mut t = terminal(
+        &mut iss,
+        TerminalOpts {
+            max_per_day: 1_000,
+            ..TerminalOpts::default()
+        },
+    );
+    let mut p = purse(
+        &mut iss,
+        &PurseOpts {
+            pin_threshold: u32::MAX,
+            ..PurseOpts::default()
+        },
+    );
+    load(&mut iss, &mut p, 10_000);
+    let pp = prepare_purchase(&mut t, &mut p, 1_000, T0).unwrap();
+    p.ok(pw::ins::PURCHASE, 0, 0, &pp.msg.encode());
+    let before = sam_data(&mut t);
+    // Far future: refused, nothing journalled, the day unchanged.
+    for ahead in [w::MAX_TIME_STEP + 1, 365 * DAY, u32::MAX - T0] {
+        assert_eq!(
+            prepare_purchase(&mut t, &mut p, 1, T0 + ahead).err(),
+            Some(sw::TIME_OUT_OF_RANGE),
+            "{ahead}"
+        );
+    }
+    let d = sam_data(&mut t);
+    assert_eq!(
+        (d.sam_txn, d.day, d.day_total),
+        (before.sam_txn, before.day, before.day_total)
+    );
+    // Exactly the bound: accepted, a new day; the next step is bounded from there.
+    let pp = prepare_purchase(&mut t, &mut p, 1_000, T0 + w::MAX_TIME_STEP).unwrap();
+    p.ok(pw::ins::PURCHASE, 0, 0, &pp.msg.encode());
+    let d = sam_data(&mut t);
+    assert_eq!(
+        (d.day, d.day_total),
+        ((T0 + w::MAX_TIME_STEP) / DAY, 1_000)
+    );
+    assert_eq!(
+        prepare_purchase(&mut t, &mut p, 1, T0 + 2 * w::MAX_TIME_STEP + 1).err(),
+        Some(sw::TIME_OUT_OF_RANGE)
+    );
+    // A time behind is accepted but counts in the current day (ceiling reached).
+    assert_eq!(
+        prepare_purchase(&mut t, &mut p, 1, T0).err(),
+        Some(sw::CEILING_EXCEEDED)
+    );
+    // Loads at the issuer are bounded the same way.
+    let init = pw::InitLoadResponse::decode(&p.ok(pw::ins::INIT_LOAD, 0, 0, &[])).unwrap();
+    let req = pw::AuthorizeLoad {
+        purse_id: init.purse_id,
+        currency: init.currency,
+        counter: init.counter,
+        challenge: init.challenge,
+        key_version: init.key_version,
+        amount: 5,
+        terminal_time: T0 + w::MAX_TIME_STEP + 1,
+    };
+    assert_eq!(
+        iss.sw(ins::AUTHORIZE_LOAD, 0, 0, &req.encode()),
+        sw::TIME_OUT_OF_RANGE
+    );
 }

@@ -44,7 +44,7 @@ fn world() -> World {
 }
 
 fn housekeeping(w: &mut World) {
-    let r = flows::settle(&mut w.terminal, &mut w.issuer).expect("settle");
+    let r = flows::settle(&mut w.terminal, &mut w.issuer, |_| Ok(())).expect("settle");
     if std::env::var_os("PAYFLOW_DEBUG").is_some() {
         eprintln!("settled {r:?}");
     }

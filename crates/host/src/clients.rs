@@ -17,8 +17,8 @@
 use crate::transport::{Transport, TransportError};
 use tessera_apdu::{Command, Sw};
 use tessera_purse::wire::{
-    self as pw, AttestedKeyRequest, AuthorizeLoad, AuthorizePurchase, Balance, InitLoadResponse, InitPurchase,
-    InitPurchaseResponse, KeyBlob, Load, LoadAuthorization, LogRecord, Purchase,
+    self as pw, AttestedKeyRequest, AuthorizeLoad, AuthorizePurchase, Balance, InitLoadResponse,
+    InitPurchase, InitPurchaseResponse, KeyBlob, Load, LoadAuthorization, LogRecord, Purchase,
     PurchaseAuthorization, PurseData, TxnStatus, TxnStatusQuery, ValueReceipt, WireError,
 };
 use tessera_sam::wire::{
@@ -122,6 +122,12 @@ pub fn sam_sw_meaning(sw: Sw) -> String {
         }
         s if s == sw_::sw::ATTESTATION_INVALID => {
             "the request is not signed by the certified chip".into()
+        }
+        s if s == sw_::sw::TIME_OUT_OF_RANGE => {
+            "terminal time more than 7 days ahead of the SAM's latest accepted time".into()
+        }
+        s if s == sw_::sw::ALREADY_SETTLED => {
+            "journal batch already settled (replayed or stale batch)".into()
         }
         s if s == sw_::sw::NO_SESSION => {
             "no purchase session, or no resolve session for this transaction".into()

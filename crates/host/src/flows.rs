@@ -22,7 +22,9 @@ use tessera_purse::wire::{
     self as pw, AuthorizeLoad, AuthorizePurchase, InitPurchase, Load, LogRecord, Purchase,
     PurseData, PurseId, TxnStatus, TxnStatusQuery,
 };
-use tessera_sam::wire::{self as sw_, Confirm, JournalEntry, Resolve, SamData};
+use tessera_sam::wire::{
+    self as sw_, Confirm, JournalAck, JournalBatch, JournalEntry, Resolve, SamData,
+};
 
 /// How many times a lost answer is retried (recovery query, CONFIRM, RESOLVE).
 const RETRIES: usize = 3;
@@ -125,6 +127,17 @@ pub enum FlowError {
     CeilingExceeded,
     #[error("SAM journal full: settle it first")]
     JournalFull,
+    /// 692A: the terminal time is too far ahead of the latest time the SAM accepted.
+    #[error("terminal time out of range: more than 7 days ahead of the SAM's latest accepted time (check the host clock)")]
+    TimeOutOfRange,
+    /// 692B: the issuer SAM already settled everything the batch shows (a replayed or
+    /// stale batch).
+    #[error("journal batch already settled by the issuer SAM")]
+    AlreadySettled,
+    /// The settlement record of a verified batch could not be stored: the batch was not
+    /// acknowledged, the SAM keeps its entries (run the settlement again).
+    #[error("settlement record not stored ({0}); nothing acknowledged, the SAM keeps its entries")]
+    RecordNotStored(String),
     #[error("purse transaction counter exhausted")]
     CounterExhausted,
     #[error("wrong currency")]
@@ -174,6 +187,9 @@ impl FlowError {
             FlowError::OverMaximum => "over_maximum",
             FlowError::CeilingExceeded => "ceiling_exceeded",
             FlowError::JournalFull => "journal_full",
+            FlowError::TimeOutOfRange => "time_out_of_range",
+            FlowError::AlreadySettled => "already_settled",
+            FlowError::RecordNotStored(_) => "record_not_stored",
             FlowError::CounterExhausted => "counter_exhausted",
             FlowError::WrongCurrency => "wrong_currency",
             FlowError::NotPersonalised => "not_personalised",
@@ -228,6 +244,8 @@ fn sam_err(step: &'static str, e: ClientError) -> FlowError {
         s if s == sw_::sw::CEILING_EXCEEDED => FlowError::CeilingExceeded,
         s if s == sw_::sw::KEY_NOT_HELD => FlowError::WrongSamRole,
         s if s == sw_::sw::JOURNAL_FULL => FlowError::JournalFull,
+        s if s == sw_::sw::TIME_OUT_OF_RANGE => FlowError::TimeOutOfRange,
+        s if s == sw_::sw::ALREADY_SETTLED => FlowError::AlreadySettled,
         s if s == sw_::sw::CARD_PROOF_INVALID => FlowError::CardProofInvalid,
         s if s == sw_::sw::ALREADY_PERSONALISED => FlowError::AlreadyPersonalised,
         s if s == sw_::sw::CHIP_NOT_ATTESTED
@@ -902,16 +920,42 @@ pub struct SettleReport {
     pub last_seq: u32,
 }
 
+/// A batch the issuer SAM verified, handed to the settlement sink before its ack is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedBatch {
+    /// The batch as the SAM exported it (MACed with its journal key).
+    pub batch: JournalBatch,
+    /// The issuer SAM's acknowledgement of it (not yet sent to the SAM).
+    pub ack: JournalAck,
+    /// The entries the batch shows CONFIRMED or VOID: what the ack drops from the SAM.
+    pub settled: Vec<JournalEntry>,
+}
+
 /// Settle a SAM's journal with the issuer SAM (both open): EXPORT JOURNAL, VERIFY JOURNAL
-/// at the issuer, ACK JOURNAL, until nothing acknowledgeable is left. Each ack is bound to
-/// its batch (it carries and MACs the batch MAC) and is sent right after that batch's
-/// export, so the terminal drops exactly the entries the issuer saw in a final state; if
-/// anything exports in between, the SAM refuses the ack and the entries wait for the next
-/// round.
-pub fn settle<T, S>(terminal_sam: &mut T, issuer_sam: &mut S) -> Result<SettleReport, FlowError>
+/// at the issuer, `store` the verified batch, ACK JOURNAL, until nothing acknowledgeable
+/// is left.
+///
+/// `store` must make the settlement record durable (write, fsync, atomic rename) before
+/// it returns `Ok`: the ack that follows drops the entries from the SAM for good. If it
+/// fails, no ack is sent ([`FlowError::RecordNotStored`]) and the SAM keeps the entries.
+/// The same batch may reach `store` more than once (a run interrupted after VERIFY
+/// JOURNAL: the SAM exports the identical batch again and the issuer re-issues the same
+/// ack), so the record must be keyed by the batch (SAM ID and batch MAC) and storing it
+/// again must replace it, never add to it. Each entry is settled by the issuer SAM in
+/// exactly one batch: a replayed or stale batch is refused ([`FlowError::AlreadySettled`]).
+///
+/// Each ack is bound to its batch (it carries and MACs the batch MAC) and is sent right
+/// after that batch's export, so the SAM drops exactly the entries the issuer saw in a
+/// final state.
+pub fn settle<T, S, F>(
+    terminal_sam: &mut T,
+    issuer_sam: &mut S,
+    mut store: F,
+) -> Result<SettleReport, FlowError>
 where
     T: Transport + ?Sized,
     S: Transport + ?Sized,
+    F: FnMut(&VerifiedBatch) -> Result<(), String>,
 {
     let mut report = SettleReport::default();
     let mut seen = std::collections::BTreeSet::new();
@@ -921,10 +965,10 @@ where
             .export_journal(0)
             .map_err(|e| sam_err("EXPORT JOURNAL", e))?;
         report.sam_id = batch.sam_id;
-        let fresh: Vec<JournalEntry> = batch
+        let settled: Vec<JournalEntry> = batch
             .entries
             .iter()
-            .filter(|e| e.status != sw_::status::PENDING && !seen.contains(&e.seq))
+            .filter(|e| e.status != sw_::status::PENDING)
             .cloned()
             .collect();
         report.pending_left = batch
@@ -932,19 +976,27 @@ where
             .iter()
             .filter(|e| e.status == sw_::status::PENDING)
             .count();
-        if fresh.is_empty() {
+        if settled.iter().all(|e| seen.contains(&e.seq)) {
             break;
         }
         let ack = SamClient::new(&mut *issuer_sam)
             .verify_journal(&batch)
             .map_err(|e| sam_err("VERIFY JOURNAL", e))?;
+        let verified = VerifiedBatch {
+            batch,
+            ack,
+            settled,
+        };
+        store(&verified).map_err(FlowError::RecordNotStored)?;
         SamClient::new(&mut *terminal_sam)
-            .ack_journal(&ack)
+            .ack_journal(&verified.ack)
             .map_err(|e| sam_err("ACK JOURNAL", e))?;
         report.batches += 1;
-        report.last_seq = report.last_seq.max(ack.last_seq);
-        for e in fresh {
-            seen.insert(e.seq);
+        report.last_seq = report.last_seq.max(verified.ack.last_seq);
+        for e in verified.settled {
+            if !seen.insert(e.seq) {
+                continue;
+            }
             if e.status == sw_::status::VOID {
                 report.voided += 1;
             } else if e.kind == pw::kind::LOAD {

@@ -305,14 +305,14 @@ fn settlement_drops_acknowledged_entries() {
         pay(&mut w, 0, a, None).unwrap();
     }
     assert!(pay(&mut w, 1, 1, None).is_err());
-    let report = flows::settle(&mut w.terminal, &mut w.issuer).unwrap();
+    let report = flows::settle(&mut w.terminal, &mut w.issuer, |_| Ok(())).unwrap();
     assert_eq!(
         (report.settled, report.purchases_total, report.pending_left),
         (3, 600, 0)
     );
     assert!(journal(&mut w.terminal).is_empty());
     // Nothing left: a second settlement is a no-op.
-    let again = flows::settle(&mut w.terminal, &mut w.issuer).unwrap();
+    let again = flows::settle(&mut w.terminal, &mut w.issuer, |_| Ok(())).unwrap();
     assert_eq!((again.settled, again.batches), (0, 0));
 }
 
@@ -323,7 +323,7 @@ fn settlement_of_many_entries_takes_several_batches() {
     for _ in 0..150 {
         pay(&mut w, 0, 1, None).unwrap();
     }
-    let report = flows::settle(&mut w.terminal, &mut w.issuer).unwrap();
+    let report = flows::settle(&mut w.terminal, &mut w.issuer, |_| Ok(())).unwrap();
     assert_eq!(
         (report.settled, report.purchases_total, report.pending_left),
         (150, 150, 0)
@@ -332,4 +332,71 @@ fn settlement_of_many_entries_takes_several_batches() {
     assert!(journal(&mut w.terminal).is_empty());
     let data = SamClient::new(&mut w.terminal).sam_data().unwrap();
     assert_eq!(data.journal_count, 0);
+}
+
+/// Settlement records: the sink sees each verified batch before its ack; a run that dies
+/// after VERIFY JOURNAL (record stored or not) and before ACK JOURNAL leaves the entries in
+/// the SAM, and the next run sees the identical batch and the identical ack, so a record
+/// keyed by the batch is written once and every entry is settled once, even with a
+/// payment in between. A replayed old batch is refused by the issuer SAM.
+#[test]
+fn settlement_record_is_stored_before_the_ack_and_settled_once() {
+    use std::collections::BTreeMap;
+    let mut w = world();
+    load(&mut w, 0, 5_000).unwrap();
+    for a in [100, 200] {
+        pay(&mut w, 0, a, None).unwrap();
+    }
+    let mut records: BTreeMap<([u8; 4], [u8; 8]), flows::VerifiedBatch> = BTreeMap::new();
+    // The sink fails (disk full): nothing acknowledged, the SAM keeps its entries.
+    let e = flows::settle(&mut w.terminal, &mut w.issuer, |_| Err("disk full".into()))
+        .unwrap_err();
+    assert!(matches!(e, FlowError::RecordNotStored(_)), "{e}");
+    assert_eq!(journal(&mut w.terminal).len(), 2);
+    // The record is stored, then the host dies before the ack.
+    let e = flows::settle(&mut w.terminal, &mut w.issuer, |b| {
+        records.insert((b.batch.sam_id, b.batch.mac), b.clone());
+        Err("crash before the ack".into())
+    })
+    .unwrap_err();
+    assert!(matches!(e, FlowError::RecordNotStored(_)), "{e}");
+    let first = records.values().next().unwrap().clone();
+    assert_eq!(first.settled.len(), 2);
+    // A payment happens before the settlement runs again.
+    pay(&mut w, 0, 300, None).unwrap();
+    let report = flows::settle(&mut w.terminal, &mut w.issuer, |b| {
+        records.insert((b.batch.sam_id, b.batch.mac), b.clone());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!((report.settled, report.purchases_total), (3, 600));
+    assert!(journal(&mut w.terminal).is_empty());
+    // Two records: the first batch (stored again, identical, same ack) and the payment.
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[&(first.batch.sam_id, first.batch.mac)], first);
+    let mut seqs: Vec<u32> = records
+        .values()
+        .flat_map(|r| r.settled.iter().map(|e| e.seq))
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs, vec![1, 2, 3], "every entry in exactly one record");
+    let total: u32 = records
+        .values()
+        .flat_map(|r| r.settled.iter().map(|e| e.amount))
+        .sum();
+    assert_eq!(total, 600);
+    // The old batch, replayed at the issuer: refused.
+    let sw = SamClient::new(&mut w.issuer)
+        .verify_journal(&first.batch)
+        .unwrap_err()
+        .sw();
+    assert_eq!(sw, Some(tessera_sam::wire::sw::ALREADY_SETTLED));
+    // A forged batch: refused (6988).
+    let mut forged = first.batch.clone();
+    forged.entries[0].amount += 1;
+    let sw = SamClient::new(&mut w.issuer)
+        .verify_journal(&forged)
+        .unwrap_err()
+        .sw();
+    assert_eq!(sw, Some(tessera_apdu::Sw::SM_OBJECTS_INCORRECT));
 }

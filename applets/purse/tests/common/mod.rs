@@ -128,8 +128,10 @@ pub fn manufacturer() -> &'static Manufacturer {
 
 /// Install-time images cached per test binary: chips generate an RSA attestation key at
 /// installation, so each distinct chip is installed once and then cloned from its image.
+type ImageCache = Mutex<HashMap<Vec<u8>, Arc<OnceLock<Vec<u8>>>>>;
+
 fn cached_image(key: Vec<u8>, make: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
-    static CACHE: OnceLock<Mutex<HashMap<Vec<u8>, Arc<OnceLock<Vec<u8>>>>>> = OnceLock::new();
+    static CACHE: OnceLock<ImageCache> = OnceLock::new();
     let cell = CACHE
         .get_or_init(Default::default)
         .lock()

@@ -2,13 +2,28 @@
 //! [`tessera_os::Card`] values, personalised through the issuer SAM with the flows of this
 //! module. Used by `tessera scheme init` / `card issue` / `sam issue`, the demo, the tests
 //! and the benchmark.
+//!
+//! Chip attestation: every chip generates an RSA-2048 attestation key pair inside itself
+//! when its applet is installed. The factory step ([`certify_purse`], [`certify_sam`])
+//! reads the public key (GET ATTESTATION KEY) and has the chip manufacturer CA
+//! ([`ManufacturerCa`]) certify it for the chip's subject ID; the issuer SAM, which trusts
+//! that CA (its installation anchor), personalises only chips that present such a
+//! certificate and sign their key request with the certified key. In a deployment the
+//! manufacturer CA lives at the chip factory, offline from the issuance workstation; the
+//! kit holds it in-process for the demo and the tests.
 
 use super::{FlowError, open_sam, personalise_purse, personalise_sam};
-use crate::clients::SamClient;
+use crate::clients::{PurseClient, SamClient};
 use crate::transport::Transport;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tessera_crypto::CryptoError;
+use tessera_crypto::rng::CardRng;
+use tessera_crypto::rsa::{RsaPrivateKey, RsaPublicKey};
+use tessera_crypto::x509::{self, CardCertificate, CardRole, CertificateParams, X509Error};
 use tessera_os::{Card, LoadFile, OsError, Privileges};
 use tessera_purse::wire::{PURSE_AID, PurseData, PurseInstall};
 use tessera_sam::wire::{SAM_AID, SamData, SamInstall, role};
+use zeroize::Zeroizing;
 
 /// Default unlock PIN of SAMs issued without one (documented in docs/cli.md).
 pub const DEFAULT_SAM_PIN: &[u8] = b"0000";
@@ -20,6 +35,155 @@ pub enum KitError {
     Install(#[from] OsError),
     #[error(transparent)]
     Flow(#[from] FlowError),
+    #[error("manufacturer CA: {0}")]
+    Certificate(#[from] X509Error),
+    #[error("manufacturer CA key: {0}")]
+    Crypto(#[from] CryptoError),
+}
+
+// ------------------------------------------------------------------ manufacturer CA
+
+/// Validity of a chip certificate: from a day before issuance (clock skew) for 20 years.
+const CHIP_CERT_YEARS: u64 = 20;
+/// Validity of the manufacturer CA certificate.
+const CA_CERT_YEARS: u64 = 30;
+const YEAR: u64 = 365 * 86_400;
+
+/// The chip manufacturer CA: an RSA-2048 key and its self-signed X.509 certificate. It
+/// certifies the attestation keys of new chips ([`certify_purse`], [`certify_sam`]); the
+/// issuer SAM receives its certificate as trust anchor at installation. In a deployment
+/// it lives at the chip factory, offline from the issuance workstation.
+#[derive(Clone)]
+pub struct ManufacturerCa {
+    key: RsaPrivateKey,
+    cert: CardCertificate,
+}
+
+impl std::fmt::Debug for ManufacturerCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ManufacturerCa({})", self.cert.subject())
+    }
+}
+
+/// Seconds since the Unix epoch as a u32 (the time field of the personalisation request).
+pub fn unix_time(t: SystemTime) -> u32 {
+    let s = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    u32::try_from(s).unwrap_or(u32::MAX)
+}
+
+impl ManufacturerCa {
+    /// Common name of the CA made by [`ManufacturerCa::generate`].
+    pub const NAME: &'static str = "Tessera Chip Manufacturer CA";
+
+    /// A new CA: RSA-2048 key from `rng`, self-signed certificate valid from a day before
+    /// `now` for 30 years.
+    pub fn generate(rng: &mut CardRng, now: SystemTime) -> Result<Self, KitError> {
+        let key = RsaPrivateKey::generate(2048, rng)?;
+        let from = now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now);
+        let cert = x509::issue_self_signed(
+            &key,
+            &CertificateParams::ca(
+                Self::NAME,
+                1,
+                from,
+                now + Duration::from_secs(CA_CERT_YEARS * YEAR),
+            ),
+        )?;
+        Ok(ManufacturerCa { key, cert })
+    }
+
+    /// A CA from its PKCS#8 key and DER certificate (checks that they match and that the
+    /// certificate is a CA).
+    pub fn from_der(key_pkcs8: &[u8], cert_der: &[u8]) -> Result<Self, KitError> {
+        let key = RsaPrivateKey::from_pkcs8_der(key_pkcs8)?;
+        let cert = CardCertificate::from_der(cert_der)?;
+        if !cert.is_ca() {
+            return Err(X509Error::InvalidParams("manufacturer certificate is not a CA").into());
+        }
+        if cert.public_key()? != key.public_key() {
+            return Err(X509Error::InvalidParams("CA key does not match CA certificate").into());
+        }
+        Ok(ManufacturerCa { key, cert })
+    }
+
+    /// The private key as unencrypted PKCS#8 DER.
+    pub fn key_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, KitError> {
+        Ok(self.key.to_pkcs8_der()?)
+    }
+
+    /// The CA certificate (DER): the issuer SAM's trust anchor.
+    pub fn cert_der(&self) -> &[u8] {
+        self.cert.to_der()
+    }
+
+    /// Certify a chip's attestation key (`spki`, DER) for `subject` (the purse ID or SAM
+    /// ID; the certificate's CN is its upper-case hex) with the card-role extension
+    /// `role` ([`CardRole::Purse`] or [`CardRole::Sam`]). Valid from a day before `now`
+    /// for 20 years; random 63-bit serial.
+    pub fn certify(
+        &self,
+        spki: &[u8],
+        role: CardRole,
+        subject: &[u8],
+        now: SystemTime,
+    ) -> Result<CardCertificate, KitError> {
+        let key = RsaPublicKey::from_spki_der(spki)?;
+        let mut serial = [0u8; 8];
+        CardRng::from_entropy().fill(&mut serial);
+        let serial = (u64::from_be_bytes(serial) >> 1).max(1);
+        let from = now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now);
+        Ok(x509::issue_certificate(
+            &self.key,
+            &self.cert,
+            &key,
+            &CertificateParams::card(
+                &hex::encode_upper(subject),
+                serial,
+                role,
+                from,
+                now + Duration::from_secs(CHIP_CERT_YEARS * YEAR),
+            ),
+        )?)
+    }
+}
+
+/// Factory step for a purse: SELECT it, read its attestation key (GET ATTESTATION KEY)
+/// and purse ID, and have `ca` certify the key for that purse ID. Returns the DER
+/// certificate.
+pub fn certify_purse<P: Transport + ?Sized>(
+    card: &mut P,
+    ca: &ManufacturerCa,
+    now: SystemTime,
+) -> Result<Vec<u8>, KitError> {
+    let step = |step: &'static str| move |source| FlowError::Step { step, source };
+    let mut pc = PurseClient::new(card);
+    pc.select().map_err(step("SELECT PURSE"))?;
+    let spki = pc.attestation_key().map_err(step("GET ATTESTATION KEY"))?;
+    let purse_id = pc
+        .read_purse_data()
+        .map_err(step("READ PURSE DATA"))?
+        .purse_id;
+    Ok(ca
+        .certify(&spki, CardRole::Purse, &purse_id, now)?
+        .to_der()
+        .to_vec())
+}
+
+/// Factory step for a SAM (selected): read its attestation key (GET ATTESTATION KEY) and
+/// SAM ID, and have `ca` certify the key for that SAM ID. Returns the DER certificate.
+pub fn certify_sam<S: Transport + ?Sized>(
+    sam: &mut S,
+    ca: &ManufacturerCa,
+    now: SystemTime,
+) -> Result<Vec<u8>, KitError> {
+    let step = |step: &'static str| move |source| FlowError::Step { step, source };
+    let mut sc = SamClient::new(sam);
+    let spki = sc.attestation_key().map_err(step("GET ATTESTATION KEY"))?;
+    let sam_id = sc.sam_data().map_err(step("GET SAM DATA"))?.sam_id;
+    Ok(ca
+        .certify(&spki, CardRole::Sam, &sam_id, now)?
+        .to_der()
+        .to_vec())
 }
 
 /// The load files of the value applets (purse and SAM).
@@ -114,9 +278,10 @@ fn sam_card_id(sam_id: [u8; 4]) -> Vec<u8> {
     id
 }
 
-/// A new issuer SAM: the SAM applet installed with role ISSUER (it generates its master keys
-/// and its RSA personalisation key inside itself). Powered on, not unlocked.
-pub fn new_issuer_sam(params: &SamParams) -> Result<Card, KitError> {
+/// A new issuer SAM: the SAM applet installed with role ISSUER (it generates its master keys,
+/// its RSA personalisation key and its attestation key inside itself) trusting the chip
+/// manufacturer CA certificate `chip_ca_cert` (DER). Powered on, not unlocked.
+pub fn new_issuer_sam(params: &SamParams, chip_ca_cert: &[u8]) -> Result<Card, KitError> {
     let mut card = chip(
         sam_card_id(params.sam_id),
         params.seed,
@@ -130,16 +295,19 @@ pub fn new_issuer_sam(params: &SamParams) -> Result<Card, KitError> {
         max_per_day: params.max_per_day,
         journal_capacity: params.journal_capacity,
         issuer_perso_spki: Vec::new(),
+        chip_ca_cert: chip_ca_cert.to_vec(),
     };
     card.install("sam", &SAM_AID, Privileges::default(), &install.encode())?;
     card.power_on();
     Ok(card)
 }
 
-/// A purse card personalised through the issuer SAM (open: selected and unlocked). The
-/// returned card is powered on.
+/// A purse card made at the factory (applet installed, attestation key certified by `ca`)
+/// and personalised through the issuer SAM (open: selected and unlocked). The returned
+/// card is powered on.
 pub fn issue_purse<S: Transport + ?Sized>(
     issuer: &mut S,
+    ca: &ManufacturerCa,
     params: &PurseParams,
 ) -> Result<(Card, PurseData), KitError> {
     let spki = SamClient::new(&mut *issuer)
@@ -166,14 +334,18 @@ pub fn issue_purse<S: Transport + ?Sized>(
         &install.encode(),
     )?;
     card.power_on();
-    let data = personalise_purse(&mut card, issuer)?;
+    let now = SystemTime::now();
+    let cert = certify_purse(&mut card, ca, now)?;
+    let data = personalise_purse(&mut card, issuer, &cert, unix_time(now))?;
     Ok((card, data))
 }
 
-/// A SAM of `params.role` personalised through the issuer SAM (open). The returned SAM is
-/// powered on and open (selected and unlocked).
+/// A SAM of `params.role` made at the factory (applet installed, attestation key certified
+/// by `ca`) and personalised through the issuer SAM (open). The returned SAM is powered on
+/// and open (selected and unlocked).
 pub fn issue_sam<S: Transport + ?Sized>(
     issuer: &mut S,
+    ca: &ManufacturerCa,
     params: &SamParams,
 ) -> Result<(Card, SamData), KitError> {
     let spki = SamClient::new(&mut *issuer)
@@ -195,17 +367,22 @@ pub fn issue_sam<S: Transport + ?Sized>(
         max_per_day: params.max_per_day,
         journal_capacity: params.journal_capacity,
         issuer_perso_spki: spki,
+        chip_ca_cert: Vec::new(),
     };
     card.install("sam", &SAM_AID, Privileges::default(), &install.encode())?;
     card.power_on();
     open_sam(&mut card, &params.pin)?;
-    let data = personalise_sam(&mut card, issuer, params.role)?;
+    let now = SystemTime::now();
+    let cert = certify_sam(&mut card, ca, now)?;
+    let data = personalise_sam(&mut card, issuer, params.role, &cert, unix_time(now))?;
     Ok((card, data))
 }
 
 /// A complete in-process scheme for tests and benchmarks: an issuer SAM, a terminal SAM
 /// and purse cards, all with fixed RNG seeds (reproducible), SAMs open.
 pub struct World {
+    /// The chip manufacturer CA the issuer SAM trusts (fixed seed).
+    pub manufacturer: ManufacturerCa,
     pub issuer: Card,
     pub terminal: Card,
     pub purses: Vec<Card>,
@@ -217,6 +394,7 @@ pub struct World {
 /// test cases).
 #[derive(Clone)]
 pub struct WorldImages {
+    manufacturer: ManufacturerCa,
     issuer: Vec<u8>,
     terminal: Vec<u8>,
     purses: Vec<Vec<u8>>,
@@ -237,18 +415,24 @@ impl World {
     /// `template` (card IDs 04 00 00 00 00 00 i+1), all personalised.
     pub fn new(n: usize, template: &PurseParams) -> Result<World, KitError> {
         let issuer_pin = b"4242".to_vec();
-        let mut issuer = new_issuer_sam(&SamParams {
-            sam_id: [0, 0, 0, 1],
-            role: role::ISSUER,
-            pin: issuer_pin.clone(),
-            journal_capacity: 4000,
-            seed: Some(seed(1, 0)),
-            ..Default::default()
-        })?;
+        let manufacturer =
+            ManufacturerCa::generate(&mut CardRng::from_seed(seed(4, 0)), SystemTime::now())?;
+        let mut issuer = new_issuer_sam(
+            &SamParams {
+                sam_id: [0, 0, 0, 1],
+                role: role::ISSUER,
+                pin: issuer_pin.clone(),
+                journal_capacity: 4000,
+                seed: Some(seed(1, 0)),
+                ..Default::default()
+            },
+            manufacturer.cert_der(),
+        )?;
         open_sam(&mut issuer, &issuer_pin)?;
         let terminal_pin = DEFAULT_SAM_PIN.to_vec();
         let (terminal, _) = issue_sam(
             &mut issuer,
+            &manufacturer,
             &SamParams {
                 sam_id: [0, 0, 0, 2],
                 role: role::TERMINAL,
@@ -265,9 +449,10 @@ impl World {
             p.card_id = vec![0x04, 0x00, 0x00];
             p.card_id.extend_from_slice(&serial.to_be_bytes());
             p.seed = Some(seed(3, u8::try_from(i % 256).unwrap_or(0)));
-            purses.push(issue_purse(&mut issuer, &p)?.0);
+            purses.push(issue_purse(&mut issuer, &manufacturer, &p)?.0);
         }
         Ok(World {
+            manufacturer,
             issuer,
             terminal,
             purses,
@@ -278,6 +463,7 @@ impl World {
 
     pub fn images(&self) -> WorldImages {
         WorldImages {
+            manufacturer: self.manufacturer.clone(),
             issuer: self.issuer.to_image_bytes(),
             terminal: self.terminal.to_image_bytes(),
             purses: self.purses.iter().map(|c| c.to_image_bytes()).collect(),
@@ -320,6 +506,7 @@ impl WorldImages {
             .map(|b| open(b))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(World {
+            manufacturer: self.manufacturer.clone(),
             issuer,
             terminal,
             purses,
