@@ -173,10 +173,41 @@ check "write record 09 (INS 14)" "$T" script run --reader "$R0" "$WORK/write.apd
 restart_ok() {
     kill -TERM "$SERVE_PID" && wait "$SERVE_PID" || return 1
     start_serve
-    wait_card "$R0"
+    wait_card "$R0" || return 1
+    # pcscd reports the card (ATR) a moment before it accepts transactions on the new
+    # connection: wait until a real exchange works, not just the ATR query.
+    for _ in $(seq 1 50); do
+        opensc-tool -r "$R0" -s 00:A4:04:00:07:F0:54:45:53:53:01:01:00 2>/dev/null | grep -q "SW1=0x90" && return 0
+        sleep 0.1
+    done
+    return 1
 }
 check "restart tessera serve (SIGTERM, start again)" restart_ok
 check "record 09 read back after the restart (INS 16)" "$T" script run --reader "$R0" "$WORK/read.apdu"
+
+# ---- 8b. value flows through PC/SC: purse in slot 0, terminal SAM in slot 1 -------------
+# The same flow commands as on image files, with --reader / --sam-reader; serve commits
+# every change to the images, so the files show the result after serve stops.
+SCHEME="$WORK/scheme"
+PURSE="$WORK/purse.card"
+TSAM="$WORK/terminal.sam"
+check "scheme init" "$T" scheme init "$SCHEME"
+check "card issue (purse, PIN 1234)" "$T" card issue --scheme "$SCHEME" --out "$PURSE" --pin 1234
+check "sam issue --role terminal" "$T" sam issue --scheme "$SCHEME" --role terminal --out "$TSAM"
+kill -TERM "$SERVE_PID" && wait "$SERVE_PID"
+"$T" serve --card "$PURSE" --card "$TSAM" >>"$WORK/serve.log" 2>&1 &
+SERVE_PID=$!
+PIDS+=("$SERVE_PID")
+check "purse and SAM present in slots 0 and 1" bash -c "$(declare -f wait_card); wait_card '$R0' && wait_card '$R1'"
+check "load 1000 into the purse through PC/SC (--reader)" "$T" load --scheme "$SCHEME" --reader "$R0" --amount 1000
+check "pay 250 through PC/SC (--reader, --sam-reader)" "$T" pay --reader "$R0" --sam-reader "$R1" --amount 250
+check "pay over the balance is refused through PC/SC" bash -c "! '$T' pay --reader '$R0' --sam-reader '$R1' --amount 5000"
+check "purse show --reader: balance 750" bash -c "'$T' purse show --reader '$R0' --json | grep -q '\"balance\":750'"
+kill -TERM "$SERVE_PID" && wait "$SERVE_PID"
+check "the purse image kept the balance after serve stopped" bash -c "'$T' purse show --card '$PURSE' --json | grep -q '\"balance\":750'"
+check "the SAM image journalled the purchase" bash -c "'$T' sam journal --sam '$TSAM' --json | grep -q '250'"
+start_serve
+check "diag cards served again for the benchmark" wait_card "$R0"
 
 # ---- 9. benchmark --------------------------------------------------------------------------
 N="${PCSC_BENCH_N:-2000}"
