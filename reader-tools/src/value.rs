@@ -745,21 +745,24 @@ fn load(a: &LoadArgs) -> CliResult<Out> {
         scheme.open_issuer(&a.scheme, a.sam_pin.as_deref())?
     } else {
         let mut t = a.sam.open()?;
-        let pin = a
-            .sam_pin
-            .as_deref()
-            .unwrap_or(&scheme.issuer_sam_pin)
-            .as_bytes()
-            .to_vec();
-        let data = flows::open_sam(t.transport(), &pin)
-            .map_err(|e| format!("issuer SAM ({}): {e}", t.describe()))?;
-        if data.role != sw_::role::ISSUER {
+        // The role first (GET SAM DATA needs no PIN): no PIN try spent on a wrong SAM.
+        let mut c = SamClient::new(t.transport());
+        c.select()?;
+        if c.sam_data()?.role != sw_::role::ISSUER {
             return Err(format!(
                 "the SAM given with --sam / --sam-reader ({}) is not an issuer SAM",
                 t.describe()
             )
             .into());
         }
+        let pin = a
+            .sam_pin
+            .as_deref()
+            .unwrap_or(&scheme.issuer_sam_pin)
+            .as_bytes()
+            .to_vec();
+        flows::open_sam(t.transport(), &pin)
+            .map_err(|e| format!("issuer SAM ({}): {e}", t.describe()))?;
         (t, pin)
     };
     let mut card = a.card.open()?;
@@ -1080,7 +1083,13 @@ fn sam_journal(a: &SamJournalArgs) -> CliResult<Out> {
         .clone()
         .unwrap_or_else(|| String::from_utf8_lossy(kit::DEFAULT_SAM_PIN).into_owned());
     flows::open_sam(sam.transport(), pin.as_bytes()).map_err(|e| format!("SAM: {e}"))?;
-    let batch = SamClient::new(sam.transport()).export_journal(0)?;
+    // `--export` writes the MACed batch (the one awaiting settlement); otherwise a peek
+    // at the journal as it is now, which records nothing in the SAM.
+    let batch = if a.export.is_some() {
+        SamClient::new(sam.transport()).export_journal(0)?
+    } else {
+        SamClient::new(sam.transport()).peek_journal(0)?
+    };
     let mut j = json!({ "journal": batch_json(&batch) });
     let mut text = format!(
         "SAM {} journal ({} entries in this batch):\n{}",
@@ -1212,9 +1221,9 @@ impl tessera_host::transport::Transport for Durable<'_> {
         apdu: &[u8],
     ) -> Result<Vec<u8>, tessera_host::transport::TransportError> {
         let r = self.t.transport().transmit_raw(apdu)?;
-        self.t.save().map_err(|e| {
-            std::io::Error::other(format!("saving the {} image: {e}", self.what))
-        })?;
+        self.t
+            .save()
+            .map_err(|e| std::io::Error::other(format!("saving the {} image: {e}", self.what)))?;
         Ok(r)
     }
     fn reset(&mut self) -> Result<Vec<u8>, tessera_host::transport::TransportError> {

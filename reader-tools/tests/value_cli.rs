@@ -84,6 +84,54 @@ fn issue_load_pay_show_settle() {
     ]);
     assert_eq!(j["settlement"]["purchases_total"], 500);
     assert!(Path::new(&export).exists());
+    // One durable record per verified batch, named by SAM, last seq and batch MAC.
+    let files = j["settlement_files"].as_array().unwrap();
+    assert_eq!(files.len(), 1);
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(files[0].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(rec["entries"].as_array().unwrap().len(), 1);
+    assert!(rec["ack_hex"].as_str().is_some());
+    // `load` takes the issuer SAM explicitly too; a terminal SAM is refused.
+    let r = ok_json(&[
+        "load",
+        "--scheme",
+        &scheme,
+        "--card",
+        &card,
+        "--sam",
+        &p(d, "scheme/issuer-sam.card"),
+        "--amount",
+        "100",
+    ]);
+    assert_eq!(r["balance_after"], 2600);
+    let o = tessera(&[
+        "load", "--scheme", &scheme, "--card", &card, "--sam", &sam, "--amount", "100",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not an issuer SAM"));
+    // The issuer SAM settles its own journal (the loads).
+    let j = ok_json(&[
+        "sam",
+        "journal",
+        "--sam",
+        &p(d, "scheme/issuer-sam.card"),
+        "--settle",
+        "--scheme",
+        &scheme,
+        "--sam-pin",
+        &init_pin(&scheme),
+    ]);
+    assert_eq!(j["settlement"]["loads_total"], 3100);
+    let j = ok_json(&[
+        "sam",
+        "journal",
+        "--sam",
+        &p(d, "scheme/issuer-sam.card"),
+        "--sam-pin",
+        &init_pin(&scheme),
+    ]);
+    assert_eq!(j["journal"]["entries"].as_array().unwrap().len(), 0);
     let j = ok_json(&["sam", "journal", "--sam", &sam]);
     assert_eq!(j["journal"]["entries"].as_array().unwrap().len(), 0);
 }
@@ -96,4 +144,13 @@ fn demo_runs_and_checks_itself() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("refused as expected"));
     assert!(text.contains("Alice's balance 12.50: ok"));
+}
+
+/// The issuer SAM PIN stored in scheme.json.
+fn init_pin(scheme: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(scheme).join("scheme.json")).unwrap(),
+    )
+    .unwrap();
+    v["issuer_sam_pin"].as_str().unwrap().to_string()
 }

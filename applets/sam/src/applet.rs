@@ -1181,9 +1181,12 @@ impl Sam {
     }
 
     fn export_journal(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        if cmd.p2 != 0 {
-            return Err(Sw::INCORRECT_P1P2);
-        }
+        // P2 = 01: peek at the journal as it is now; no MAC (zero), nothing recorded.
+        let peek = match cmd.p2 {
+            0 => false,
+            1 => true,
+            _ => return Err(Sw::INCORRECT_P1P2),
+        };
         no_data(cmd)?;
         let max = if cmd.p1 == 0 {
             DEFAULT_EXPORT
@@ -1191,6 +1194,19 @@ impl Sam {
             usize::from(cmd.p1)
         };
         let cfg = config(ctx)?;
+        if peek {
+            let st = state(ctx)?;
+            let mut entries = Vec::new();
+            for seq in held_seqs(ctx, &st, st.sam_txn, max) {
+                entries.push(journal_get(ctx, seq)?.ok_or(Sw::UNKNOWN)?.entry());
+            }
+            return Ok(JournalBatch {
+                sam_id: cfg.sam_id,
+                entries,
+                mac: [0; 8],
+            }
+            .encode());
+        }
         let keys = read_keys(ctx)?;
         let k = own_journal_key(&keys, &cfg)?;
         // A batch that showed a final entry and is not acknowledged yet: answer it again,

@@ -45,7 +45,10 @@ pub mod ins {
     /// RESOLVE a pending authorisation with the purse's GET TRANSACTION STATUS answer
     /// (made for the challenge of the last BEGIN RESOLVE).
     pub const RESOLVE: u8 = 0x3E;
-    /// EXPORT JOURNAL: P1 = maximum entries (1-255; 00 = 64) → JournalBatch.
+    /// EXPORT JOURNAL: P1 = maximum entries (1-255; 00 = 64) → JournalBatch. While the
+    /// last batch that showed a final entry is not acknowledged, that same batch again.
+    /// P2 = 01 (peek): the entries as they are now, MAC all zero (not verifiable), nothing
+    /// recorded.
     pub const EXPORT_JOURNAL: u8 = 0x40;
     /// ACK JOURNAL: data = JournalAck of the last exported batch; drops the entries that
     /// batch showed CONFIRMED or VOID.

@@ -856,10 +856,7 @@ fn terminal_time_far_ahead_is_refused() {
     let pp = prepare_purchase(&mut t, &mut p, 1_000, T0 + w::MAX_TIME_STEP).unwrap();
     p.ok(pw::ins::PURCHASE, 0, 0, &pp.msg.encode());
     let d = sam_data(&mut t);
-    assert_eq!(
-        (d.day, d.day_total),
-        ((T0 + w::MAX_TIME_STEP) / DAY, 1_000)
-    );
+    assert_eq!((d.day, d.day_total), ((T0 + w::MAX_TIME_STEP) / DAY, 1_000));
     assert_eq!(
         prepare_purchase(&mut t, &mut p, 1, T0 + 2 * w::MAX_TIME_STEP + 1).err(),
         Some(sw::TIME_OUT_OF_RANGE)

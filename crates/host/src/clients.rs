@@ -528,6 +528,16 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
         Ok(JournalBatch::decode(&d)?)
     }
 
+    /// EXPORT JOURNAL P2 = 01 (peek): at most `max` entries as they are now (0: 64), MAC
+    /// all zero; records nothing (the batch awaiting settlement is unchanged).
+    pub fn peek_journal(&mut self, max: u8) -> Result<JournalBatch, ClientError> {
+        let d = self.run(
+            "EXPORT JOURNAL (peek)",
+            &Command::new(sw_::CLA, sw_::ins::EXPORT_JOURNAL, max, 0x01).with_le(LE_ALL),
+        )?;
+        Ok(JournalBatch::decode(&d)?)
+    }
+
     /// ACK JOURNAL with the issuer's acknowledgement of the batch this SAM exported last:
     /// drops the entries that batch showed CONFIRMED or VOID. An ack of an earlier batch
     /// answers 6985 and drops nothing.

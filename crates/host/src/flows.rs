@@ -128,7 +128,9 @@ pub enum FlowError {
     #[error("SAM journal full: settle it first")]
     JournalFull,
     /// 692A: the terminal time is too far ahead of the latest time the SAM accepted.
-    #[error("terminal time out of range: more than 7 days ahead of the SAM's latest accepted time (check the host clock)")]
+    #[error(
+        "terminal time out of range: more than 7 days ahead of the SAM's latest accepted time (check the host clock)"
+    )]
     TimeOutOfRange,
     /// 692B: the issuer SAM already settled everything the batch shows (a replayed or
     /// stale batch).

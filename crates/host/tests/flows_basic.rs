@@ -37,7 +37,7 @@ fn balance(card: &mut Card) -> u32 {
 }
 
 fn journal(sam: &mut Card) -> Vec<JournalEntry> {
-    SamClient::new(sam).export_journal(0).unwrap().entries
+    SamClient::new(sam).peek_journal(0).unwrap().entries
 }
 
 fn load(w: &mut World, i: usize, amount: u32) -> Result<flows::LoadReceipt, FlowError> {
@@ -349,8 +349,7 @@ fn settlement_record_is_stored_before_the_ack_and_settled_once() {
     }
     let mut records: BTreeMap<([u8; 4], [u8; 8]), flows::VerifiedBatch> = BTreeMap::new();
     // The sink fails (disk full): nothing acknowledged, the SAM keeps its entries.
-    let e = flows::settle(&mut w.terminal, &mut w.issuer, |_| Err("disk full".into()))
-        .unwrap_err();
+    let e = flows::settle(&mut w.terminal, &mut w.issuer, |_| Err("disk full".into())).unwrap_err();
     assert!(matches!(e, FlowError::RecordNotStored(_)), "{e}");
     assert_eq!(journal(&mut w.terminal).len(), 2);
     // The record is stored, then the host dies before the ack.

@@ -47,7 +47,7 @@ fn purse_state(card: &mut Card) -> (PurseData, Vec<LogRecord>) {
 }
 
 fn journal(sam: &mut Card) -> Vec<JournalEntry> {
-    SamClient::new(sam).export_journal(0).unwrap().entries
+    SamClient::new(sam).peek_journal(0).unwrap().entries
 }
 
 #[derive(Clone, Copy, Debug)]
