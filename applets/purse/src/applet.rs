@@ -150,21 +150,6 @@ impl Session {
 #[derive(Debug, Default)]
 pub struct Purse;
 
-fn p1p2(cmd: &Command, p1: u8, p2: u8) -> Result<(), Sw> {
-    if cmd.p1 != p1 || cmd.p2 != p2 {
-        return Err(Sw::INCORRECT_P1P2);
-    }
-    Ok(())
-}
-
-fn no_data(cmd: &Command) -> Result<(), Sw> {
-    if cmd.data.is_empty() {
-        Ok(())
-    } else {
-        Err(Sw::WRONG_LENGTH)
-    }
-}
-
 fn crypto_err<E>(_: E) -> Sw {
     Sw::UNKNOWN
 }
@@ -310,7 +295,7 @@ impl Purse {
     }
 
     fn verify(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0x00, PIN_ID)?;
+        cmd.expect_p1p2(0x00, PIN_ID)?;
         if !Pin::exists(ctx, PIN_ID) {
             return Err(Sw::REFERENCED_DATA_NOT_FOUND);
         }
@@ -329,8 +314,8 @@ impl Purse {
     }
 
     fn read_purse_data(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
-        no_data(cmd)?;
+        cmd.expect_p1p2(0, 0)?;
+        cmd.expect_no_data()?;
         let cfg = config(ctx)?;
         let val = value(ctx)?;
         let keys = read_keys(ctx)?;
@@ -359,8 +344,8 @@ impl Purse {
     }
 
     fn get_balance(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
-        no_data(cmd)?;
+        cmd.expect_p1p2(0, 0)?;
+        cmd.expect_no_data()?;
         let cfg = config(ctx)?;
         let val = value(ctx)?;
         Ok(Balance {
@@ -374,7 +359,7 @@ impl Purse {
         if cmd.p2 != 0 {
             return Err(Sw::INCORRECT_P1P2);
         }
-        no_data(cmd)?;
+        cmd.expect_no_data()?;
         let cfg = config(ctx)?;
         let val = value(ctx)?;
         log_record(ctx, &cfg, &val, u32::from(cmd.p1))?
@@ -388,8 +373,8 @@ impl Purse {
     }
 
     fn get_attestation_key(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
-        no_data(cmd)?;
+        cmd.expect_p1p2(0, 0)?;
+        cmd.expect_no_data()?;
         Purse::attestation_key(ctx)?
             .public_key()
             .to_spki_der()
@@ -397,8 +382,8 @@ impl Purse {
     }
 
     fn init_perso(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
-        no_data(cmd)?;
+        cmd.expect_p1p2(0, 0)?;
+        cmd.expect_no_data()?;
         if read_keys(ctx)?.is_some() {
             return Err(sw::NOT_PERSONALISED);
         }
@@ -424,7 +409,7 @@ impl Purse {
     }
 
     fn put_keys(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
+        cmd.expect_p1p2(0, 0)?;
         if read_keys(ctx)?.is_some() {
             return Err(sw::NOT_PERSONALISED);
         }
@@ -465,8 +450,8 @@ impl Purse {
 
     fn init_load(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         let _ = take_session(ctx);
-        p1p2(cmd, 0, 0)?;
-        no_data(cmd)?;
+        cmd.expect_p1p2(0, 0)?;
+        cmd.expect_no_data()?;
         let keys = require_keys(ctx)?;
         let cfg = config(ctx)?;
         let val = value(ctx)?;
@@ -492,7 +477,7 @@ impl Purse {
     fn load(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         // The session ends here, whatever the outcome.
         let session = take_session(ctx);
-        p1p2(cmd, 0, 0)?;
+        cmd.expect_p1p2(0, 0)?;
         let msg = Load::decode(&cmd.data).map_err(|e| e.sw())?;
         let keys = require_keys(ctx)?;
         let cfg = config(ctx)?;
@@ -558,7 +543,7 @@ impl Purse {
 
     fn init_purchase(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         let _ = take_session(ctx);
-        p1p2(cmd, 0, 0)?;
+        cmd.expect_p1p2(0, 0)?;
         let req = InitPurchase::decode(&cmd.data).map_err(|e| e.sw())?;
         let keys = require_keys(ctx)?;
         let cfg = config(ctx)?;
@@ -609,7 +594,7 @@ impl Purse {
     fn purchase(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         // The session ends here, whatever the outcome.
         let session = take_session(ctx);
-        p1p2(cmd, 0, 0)?;
+        cmd.expect_p1p2(0, 0)?;
         let msg = Purchase::decode(&cmd.data).map_err(|e| e.sw())?;
         let keys = require_keys(ctx)?;
         let cfg = config(ctx)?;

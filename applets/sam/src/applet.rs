@@ -210,21 +210,6 @@ struct SamKey {
 #[derive(Debug, Default)]
 pub struct Sam;
 
-fn p1p2(cmd: &Command, p1: u8, p2: u8) -> Result<(), Sw> {
-    if cmd.p1 != p1 || cmd.p2 != p2 {
-        return Err(Sw::INCORRECT_P1P2);
-    }
-    Ok(())
-}
-
-fn no_data(cmd: &Command) -> Result<(), Sw> {
-    if cmd.data.is_empty() {
-        Ok(())
-    } else {
-        Err(Sw::WRONG_LENGTH)
-    }
-}
-
 fn internal<E>(_: E) -> Sw {
     Sw::UNKNOWN
 }
@@ -633,7 +618,7 @@ impl Sam {
     }
 
     fn verify(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0x00, PIN_ID)?;
+        cmd.expect_p1p2(0x00, PIN_ID)?;
         if cmd.data.is_empty() {
             if Pin::is_validated(ctx, PIN_ID) {
                 return Ok(Vec::new());
@@ -648,8 +633,8 @@ impl Sam {
     }
 
     fn get_sam_data(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
-        no_data(cmd)?;
+        cmd.expect_p1p2(0, 0)?;
+        cmd.expect_no_data()?;
         let cfg = config(ctx)?;
         let st = state(ctx)?;
         let keys = read_keys(ctx)?;
@@ -671,14 +656,14 @@ impl Sam {
     }
 
     fn get_perso_public_key(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
-        no_data(cmd)?;
+        cmd.expect_p1p2(0, 0)?;
+        cmd.expect_no_data()?;
         ctx.get(K_SPKI).ok_or(sw::KEY_NOT_HELD)
     }
 
     fn get_attestation_key(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
-        no_data(cmd)?;
+        cmd.expect_p1p2(0, 0)?;
+        cmd.expect_no_data()?;
         attestation_key(ctx)?
             .public_key()
             .to_spki_der()
@@ -686,8 +671,8 @@ impl Sam {
     }
 
     fn init_key_import(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
-        no_data(cmd)?;
+        cmd.expect_p1p2(0, 0)?;
+        cmd.expect_no_data()?;
         let cfg = config(ctx)?;
         if cfg.role != role::TERMINAL || !read_keys(ctx)?.is_empty() {
             return Err(Sw::CONDITIONS_NOT_SATISFIED);
@@ -710,7 +695,7 @@ impl Sam {
     }
 
     fn import_keys(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
+        cmd.expect_p1p2(0, 0)?;
         let cfg = config(ctx)?;
         if cfg.role != role::TERMINAL || !read_keys(ctx)?.is_empty() {
             return Err(Sw::CONDITIONS_NOT_SATISFIED);
@@ -747,7 +732,7 @@ impl Sam {
     }
 
     fn export_sam_keys(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
+        cmd.expect_p1p2(0, 0)?;
         let cfg = config(ctx)?;
         let keys = read_keys(ctx)?;
         let m_debit = master(&keys, usage::DEBIT)?;
@@ -785,7 +770,7 @@ impl Sam {
     }
 
     fn personalise_purse(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
+        cmd.expect_p1p2(0, 0)?;
         let keys = read_keys(ctx)?;
         let m_load = master(&keys, usage::LOAD)?;
         let m_debit = master(&keys, usage::DEBIT)?;
@@ -855,7 +840,7 @@ impl Sam {
     }
 
     fn authorize_load(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
+        cmd.expect_p1p2(0, 0)?;
         let req = AuthorizeLoad::decode(&cmd.data).map_err(|e| e.sw())?;
         let keys = read_keys(ctx)?;
         let m_load = master(&keys, usage::LOAD)?;
@@ -908,8 +893,8 @@ impl Sam {
     }
 
     fn begin_purchase(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
-        no_data(cmd)?;
+        cmd.expect_p1p2(0, 0)?;
+        cmd.expect_no_data()?;
         let keys = read_keys(ctx)?;
         master(&keys, usage::DEBIT)?;
         let cfg = config(ctx)?;
@@ -926,7 +911,7 @@ impl Sam {
     fn authorize_purchase(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         // One attempt per BEGIN PURCHASE, whatever its outcome.
         let session = ctx.transient(Clear::OnDeselect).remove(T_PURCHASE);
-        p1p2(cmd, 0, 0)?;
+        cmd.expect_p1p2(0, 0)?;
         let req = AuthorizePurchase::decode(&cmd.data).map_err(|e| e.sw())?;
         let keys = read_keys(ctx)?;
         let m_debit = master(&keys, usage::DEBIT)?;
@@ -1051,7 +1036,7 @@ impl Sam {
     }
 
     fn confirm(ctx: &mut Context<'_>, cmd: &Command, entry_kind: u8) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
+        cmd.expect_p1p2(0, 0)?;
         let c = Confirm::decode(&cmd.data).map_err(|e| e.sw())?;
         let rec = journal_get(ctx, c.sam_txn)?
             .filter(|r| r.kind == entry_kind && r.purse_id == c.purse_id)
@@ -1075,8 +1060,8 @@ impl Sam {
     /// last transaction number authorised so far (CLEAR_ON_DESELECT; a new BEGIN RESOLVE
     /// replaces it).
     fn begin_resolve(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
-        no_data(cmd)?;
+        cmd.expect_p1p2(0, 0)?;
+        cmd.expect_no_data()?;
         let cfg = config(ctx)?;
         let st = state(ctx)?;
         let sam_challenge = random::<8>(ctx);
@@ -1109,7 +1094,7 @@ impl Sam {
     }
 
     fn resolve(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
+        cmd.expect_p1p2(0, 0)?;
         let r = Resolve::decode(&cmd.data).map_err(|e| e.sw())?;
         let rec = journal_get(ctx, r.sam_txn)?
             .filter(|e| e.purse_id == r.purse_id)
@@ -1187,7 +1172,7 @@ impl Sam {
             1 => true,
             _ => return Err(Sw::INCORRECT_P1P2),
         };
-        no_data(cmd)?;
+        cmd.expect_no_data()?;
         let max = if cmd.p1 == 0 {
             DEFAULT_EXPORT
         } else {
@@ -1269,7 +1254,7 @@ impl Sam {
     }
 
     fn ack_journal(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
+        cmd.expect_p1p2(0, 0)?;
         let ack = JournalAck::decode(&cmd.data).map_err(|e| e.sw())?;
         let cfg = config(ctx)?;
         if ack.sam_id != cfg.sam_id {
@@ -1309,7 +1294,7 @@ impl Sam {
     /// `S/` + SAM ID, updated in this command's commit) and answer its ack. See
     /// [`Settled`] and docs/applets/sam.md, *Journal and settlement*.
     fn verify_journal(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        p1p2(cmd, 0, 0)?;
+        cmd.expect_p1p2(0, 0)?;
         let keys = read_keys(ctx)?;
         let m_journal = master(&keys, usage::JOURNAL)?;
         let batch = JournalBatch::decode(&cmd.data).map_err(|e| e.sw())?;

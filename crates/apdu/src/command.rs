@@ -121,6 +121,25 @@ impl Command {
         })
     }
 
+    /// `Ok` when P1 and P2 are exactly these values, 6A86 (incorrect P1-P2) otherwise: the
+    /// check every applet handler starts with.
+    pub fn expect_p1p2(&self, p1: u8, p2: u8) -> Result<(), Sw> {
+        if self.p1 == p1 && self.p2 == p2 {
+            Ok(())
+        } else {
+            Err(Sw::INCORRECT_P1P2)
+        }
+    }
+
+    /// `Ok` when the command has no data field, 6700 (wrong length) otherwise.
+    pub fn expect_no_data(&self) -> Result<(), Sw> {
+        if self.data.is_empty() {
+            Ok(())
+        } else {
+            Err(Sw::WRONG_LENGTH)
+        }
+    }
+
     /// Decoded class byte.
     pub fn class(&self) -> Result<ClassByte, Sw> {
         ClassByte::decode(self.cla)

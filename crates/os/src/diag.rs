@@ -54,14 +54,6 @@ pub fn load_file_multi() -> LoadFile {
     }
 }
 
-fn p1p2_zero(cmd: &Command) -> Result<(), Sw> {
-    if cmd.p1 != 0 || cmd.p2 != 0 {
-        Err(Sw::INCORRECT_P1P2)
-    } else {
-        Ok(())
-    }
-}
-
 impl Applet for Diag {
     fn process(&mut self, ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         if cmd.cla & 0xF0 != 0x80 && cmd.cla & 0xC0 != 0xC0 {
@@ -69,7 +61,7 @@ impl Applet for Diag {
         }
         match cmd.ins {
             0x10 => {
-                p1p2_zero(cmd)?;
+                cmd.expect_p1p2(0, 0)?;
                 Ok(cmd.data.clone())
             }
             0x12 => {
@@ -115,7 +107,7 @@ impl Applet for Diag {
                 }
             }
             0x18 => {
-                p1p2_zero(cmd)?;
+                cmd.expect_p1p2(0, 0)?;
                 let read = |ctx: &Context<'_>, k: &[u8]| -> u32 {
                     ctx.get(k)
                         .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
@@ -134,18 +126,18 @@ impl Applet for Diag {
                 Ok(n.to_be_bytes().to_vec())
             }
             0x1A => {
-                p1p2_zero(cmd)?;
+                cmd.expect_p1p2(0, 0)?;
                 match cmd.data.split_first() {
                     Some((limit, pin)) => Pin::create(ctx, 0, *limit, pin).map(|_| Vec::new()),
                     None => Err(Sw::WRONG_LENGTH),
                 }
             }
             0x20 => {
-                p1p2_zero(cmd)?;
+                cmd.expect_p1p2(0, 0)?;
                 Pin::verify(ctx, 0, &cmd.data).map(|_| Vec::new())
             }
             0x22 => {
-                p1p2_zero(cmd)?;
+                cmd.expect_p1p2(0, 0)?;
                 if Pin::is_validated(ctx, 0) {
                     Ok(Vec::new())
                 } else {
@@ -169,7 +161,7 @@ impl Applet for Diag {
                 }
             }
             0x26 => {
-                p1p2_zero(cmd)?;
+                cmd.expect_p1p2(0, 0)?;
                 let n = match cmd.data.as_slice() {
                     [n] if (1..=32).contains(n) => *n as usize,
                     _ => return Err(Sw::WRONG_DATA),
@@ -179,12 +171,12 @@ impl Applet for Diag {
                 Ok(out)
             }
             0x28 => {
-                p1p2_zero(cmd)?;
+                cmd.expect_p1p2(0, 0)?;
                 ctx.put(b"doomed", b"x")?;
                 Err(Sw::UNKNOWN)
             }
             0x2A => {
-                p1p2_zero(cmd)?;
+                cmd.expect_p1p2(0, 0)?;
                 ctx.put(b"doomed", b"x")?;
                 #[allow(clippy::panic)]
                 {
@@ -192,7 +184,7 @@ impl Applet for Diag {
                 }
             }
             0x2C => {
-                p1p2_zero(cmd)?;
+                cmd.expect_p1p2(0, 0)?;
                 ctx.call_service(&cmd.data, b"ping")
             }
             _ => Err(Sw::INS_NOT_SUPPORTED),
