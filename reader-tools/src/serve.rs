@@ -46,6 +46,8 @@ struct CardSlot {
     card: Card,
     path: PathBuf,
     written: u64,
+    /// Set after a failed save: the card answers 6F00 until serve restarts.
+    mute: bool,
 }
 
 impl CardSlot {
@@ -72,29 +74,18 @@ impl CardSlot {
 
 impl CardSlot {
     /// After a failed save the card in memory is ahead of its image: a restart would lose
-    /// what the card has already committed (and perhaps proved to a SAM). Go back to the
-    /// last saved image, so that memory and disk agree again and the host's recovery step
-    /// (e.g. GET TRANSACTION STATUS) sees what a restarted card would see. If the image
-    /// cannot be read either, the card stays powered off and every APDU answers 6F00.
+    /// what the card has already committed (and perhaps proved to a SAM), and a PIN try
+    /// counter decremented in memory only could be undone. The card therefore goes mute
+    /// (powered off; every APDU and power-on answers 6F00) until `tessera serve` is
+    /// restarted, which reads the last saved image: memory and disk agree again, and the
+    /// host's recovery step (GET TRANSACTION STATUS) sees what the restarted card has.
     fn fall_back_to_saved(&mut self) {
-        match Card::open_image(&self.path, crate::applets::load_files()) {
-            Ok(mut card) => {
-                card.power_on();
-                self.written = card.nvm_bytes_written();
-                self.card = card;
-                eprintln!(
-                    "tessera serve: {} reloaded from its last saved state (the unsaved command is not applied)",
-                    self.path.display()
-                );
-            }
-            Err(e) => {
-                self.card.power_off();
-                eprintln!(
-                    "tessera serve: cannot reload {}: {e}; the card stays mute",
-                    self.path.display()
-                );
-            }
-        }
+        self.card.power_off();
+        self.mute = true;
+        eprintln!(
+            "tessera serve: {} is mute until serve restarts (last saved state kept on disk)",
+            self.path.display()
+        );
     }
 }
 
@@ -104,11 +95,17 @@ impl Responder for CardSlot {
         tracing::info!(path = %self.path.display(), "power off");
     }
     fn power_on(&mut self) {
+        if self.mute {
+            return;
+        }
         self.card.power_on();
         let _ = self.persist();
         tracing::info!(path = %self.path.display(), "power on");
     }
     fn reset(&mut self) {
+        if self.mute {
+            return;
+        }
         self.card.reset();
         let _ = self.persist();
         tracing::info!(path = %self.path.display(), "reset");
@@ -117,6 +114,9 @@ impl Responder for CardSlot {
         self.card.atr()
     }
     fn apdu(&mut self, apdu: &[u8]) -> Vec<u8> {
+        if self.mute {
+            return vec![0x6F, 0x00];
+        }
         let r = match self.card.process(apdu) {
             Ok(r) => r.to_bytes(),
             Err(e) => {
@@ -272,6 +272,7 @@ pub fn run(a: ServeArgs, g: Global) -> CliResult {
                     card,
                     path: path.clone(),
                     written,
+                    mute: false,
                 }),
             ));
         }

@@ -335,8 +335,12 @@ fn failed_save_does_not_let_memory_run_ahead_of_disk() {
         "6F098407F05445535301019000"
     );
     // The image's directory disappears: the write cannot be saved, so it is answered 6F00
-    // and not kept in memory either (nothing to reload: the card stays mute).
+    // and the card goes mute (even through a power cycle) rather than running ahead of
+    // its image.
     std::fs::remove_dir_all(&sub).unwrap();
     assert_eq!(apdu(&mut s, "8014050002ABCD"), "6F00");
     assert_eq!(apdu(&mut s, "8016050000"), "6F00");
+    send(&mut s, &[0x00]); // power off
+    send(&mut s, &[0x01]); // power on
+    assert_eq!(apdu(&mut s, "00A4040007F054455353010100"), "6F00");
 }
