@@ -172,65 +172,117 @@ fn verify_cmd(pin: &[u8]) -> Command {
     Command::new(0x00, INS_VERIFY, 0x00, VERIFY_P2).with_data(pin.to_vec())
 }
 
+/// How an answer's data is decoded.
+type Decode<R> = fn(&[u8]) -> Result<R, WireError>;
+
+/// The link to one applet: its transport and which applet it is (class byte and status
+/// word table). Both clients send every command through it.
+struct Link<'a, T: Transport + ?Sized> {
+    t: &'a mut T,
+    who: Who,
+}
+
+impl<T: Transport + ?Sized> Link<'_, T> {
+    fn run(&mut self, command: &'static str, cmd: &Command) -> Result<Vec<u8>, ClientError> {
+        exchange(self.t, self.who, command, cmd)
+    }
+
+    /// The applet's class byte with `ins` and `p1`, P2 = 00.
+    fn cmd(&self, ins: u8, p1: u8) -> Command {
+        let cla = match self.who {
+            Who::Purse => pw::CLA,
+            Who::Sam => sw_::CLA,
+        };
+        Command::new(cla, ins, p1, 0x00)
+    }
+
+    /// Send `cmd` asking for all the answer (Le 00) and decode the answer.
+    fn fetch<R>(
+        &mut self,
+        command: &'static str,
+        cmd: Command,
+        decode: Decode<R>,
+    ) -> Result<R, ClientError> {
+        let d = self.run(command, &cmd.with_le(LE_ALL))?;
+        Ok(decode(&d)?)
+    }
+
+    /// A command of the applet that answers data: `ins`, `p1`, the `data` if any, Le 00;
+    /// the answer decoded with `decode`.
+    fn call<R>(
+        &mut self,
+        command: &'static str,
+        ins: u8,
+        p1: u8,
+        data: Option<Vec<u8>>,
+        decode: Decode<R>,
+    ) -> Result<R, ClientError> {
+        let mut cmd = self.cmd(ins, p1);
+        if let Some(data) = data {
+            cmd = cmd.with_data(data);
+        }
+        self.fetch(command, cmd, decode)
+    }
+
+    /// A command of the applet that carries `data` and answers none (no Le).
+    fn send(&mut self, command: &'static str, ins: u8, data: Vec<u8>) -> Result<(), ClientError> {
+        let cmd = self.cmd(ins, 0).with_data(data);
+        self.run(command, &cmd).map(|_| ())
+    }
+}
+
+/// The answer's data as it is.
+fn raw(d: &[u8]) -> Result<Vec<u8>, WireError> {
+    Ok(d.to_vec())
+}
+
 // ------------------------------------------------------------------------ purse
 
 /// Client of the purse applet (`tessera_purse::wire`).
 pub struct PurseClient<'a, T: Transport + ?Sized> {
-    t: &'a mut T,
+    link: Link<'a, T>,
 }
 
 impl<'a, T: Transport + ?Sized> PurseClient<'a, T> {
     pub fn new(t: &'a mut T) -> Self {
-        PurseClient { t }
+        PurseClient {
+            link: Link { t, who: Who::Purse },
+        }
     }
 
     /// The transport underneath.
     pub fn transport(&mut self) -> &mut T {
-        self.t
-    }
-
-    fn run(&mut self, command: &'static str, cmd: &Command) -> Result<Vec<u8>, ClientError> {
-        exchange(self.t, Who::Purse, command, cmd)
-    }
-
-    fn cmd(ins: u8, p1: u8) -> Command {
-        Command::new(pw::CLA, ins, p1, 0x00)
+        self.link.t
     }
 
     /// SELECT the purse by AID.
     pub fn select(&mut self) -> Result<(), ClientError> {
-        self.run("SELECT PURSE", &select_cmd(&pw::PURSE_AID))
+        self.link
+            .run("SELECT PURSE", &select_cmd(&pw::PURSE_AID))
             .map(|_| ())
     }
 
     /// VERIFY the cardholder PIN (valid until reset or deselect).
     pub fn verify_pin(&mut self, pin: &[u8]) -> Result<(), ClientError> {
-        self.run("VERIFY PIN", &verify_cmd(pin)).map(|_| ())
+        self.link.run("VERIFY PIN", &verify_cmd(pin)).map(|_| ())
     }
 
     pub fn read_purse_data(&mut self) -> Result<PurseData, ClientError> {
-        let d = self.run(
-            "READ PURSE DATA",
-            &Self::cmd(pw::ins::READ_PURSE_DATA, 0).with_le(LE_ALL),
-        )?;
-        Ok(PurseData::decode(&d)?)
+        let ins = pw::ins::READ_PURSE_DATA;
+        self.link
+            .call("READ PURSE DATA", ins, 0, None, PurseData::decode)
     }
 
     pub fn balance(&mut self) -> Result<Balance, ClientError> {
-        let d = self.run(
-            "GET BALANCE",
-            &Self::cmd(pw::ins::GET_BALANCE, 0).with_le(LE_ALL),
-        )?;
-        Ok(Balance::decode(&d)?)
+        let ins = pw::ins::GET_BALANCE;
+        self.link.call("GET BALANCE", ins, 0, None, Balance::decode)
     }
 
     /// One log record, `index` counted from the newest (0).
     pub fn read_log(&mut self, index: u8) -> Result<LogRecord, ClientError> {
-        let d = self.run(
-            "READ LOG",
-            &Self::cmd(pw::ins::READ_LOG, index).with_le(LE_ALL),
-        )?;
-        Ok(LogRecord::decode(&d)?)
+        let ins = pw::ins::READ_LOG;
+        self.link
+            .call("READ LOG", ins, index, None, LogRecord::decode)
     }
 
     /// Every log record held, newest first.
@@ -249,67 +301,45 @@ impl<'a, T: Transport + ?Sized> PurseClient<'a, T> {
     /// GET ATTESTATION KEY: DER SubjectPublicKeyInfo of the purse's attestation key (the
     /// factory certifies it with the manufacturer CA).
     pub fn attestation_key(&mut self) -> Result<Vec<u8>, ClientError> {
-        self.run(
-            "GET ATTESTATION KEY",
-            &Self::cmd(pw::ins::GET_ATTESTATION_KEY, 0).with_le(LE_ALL),
-        )
+        let ins = pw::ins::GET_ATTESTATION_KEY;
+        self.link.call("GET ATTESTATION KEY", ins, 0, None, raw)
     }
 
     /// INIT PERSO: the purse's key transport request (OAEP ciphertext) signed by its
     /// attestation key.
     pub fn init_perso(&mut self) -> Result<AttestedKeyRequest, ClientError> {
-        let d = self.run(
-            "INIT PERSO",
-            &Self::cmd(pw::ins::INIT_PERSO, 0).with_le(LE_ALL),
-        )?;
-        Ok(AttestedKeyRequest::decode(&d)?)
+        let ins = pw::ins::INIT_PERSO;
+        self.link
+            .call("INIT PERSO", ins, 0, None, AttestedKeyRequest::decode)
     }
 
     /// PUT KEYS: the key blob the issuer SAM made for this purse.
     pub fn put_keys(&mut self, blob: &KeyBlob) -> Result<(), ClientError> {
-        self.run(
-            "PUT KEYS",
-            &Self::cmd(pw::ins::PUT_KEYS, 0).with_data(blob.encode()),
-        )
-        .map(|_| ())
+        self.link.send("PUT KEYS", pw::ins::PUT_KEYS, blob.encode())
     }
 
     pub fn init_load(&mut self) -> Result<InitLoadResponse, ClientError> {
-        let d = self.run(
-            "INIT LOAD",
-            &Self::cmd(pw::ins::INIT_LOAD, 0).with_le(LE_ALL),
-        )?;
-        Ok(InitLoadResponse::decode(&d)?)
+        let ins = pw::ins::INIT_LOAD;
+        self.link
+            .call("INIT LOAD", ins, 0, None, InitLoadResponse::decode)
     }
 
     pub fn load(&mut self, m: &Load) -> Result<ValueReceipt, ClientError> {
-        let d = self.run(
-            "LOAD",
-            &Self::cmd(pw::ins::LOAD, 0)
-                .with_data(m.encode())
-                .with_le(LE_ALL),
-        )?;
-        Ok(ValueReceipt::decode(&d)?)
+        let data = Some(m.encode());
+        self.link
+            .call("LOAD", pw::ins::LOAD, 0, data, ValueReceipt::decode)
     }
 
     pub fn init_purchase(&mut self, m: &InitPurchase) -> Result<InitPurchaseResponse, ClientError> {
-        let d = self.run(
-            "INIT PURCHASE",
-            &Self::cmd(pw::ins::INIT_PURCHASE, 0)
-                .with_data(m.encode())
-                .with_le(LE_ALL),
-        )?;
-        Ok(InitPurchaseResponse::decode(&d)?)
+        let (ins, data) = (pw::ins::INIT_PURCHASE, Some(m.encode()));
+        self.link
+            .call("INIT PURCHASE", ins, 0, data, InitPurchaseResponse::decode)
     }
 
     pub fn purchase(&mut self, m: &Purchase) -> Result<ValueReceipt, ClientError> {
-        let d = self.run(
-            "PURCHASE",
-            &Self::cmd(pw::ins::PURCHASE, 0)
-                .with_data(m.encode())
-                .with_le(LE_ALL),
-        )?;
-        Ok(ValueReceipt::decode(&d)?)
+        let (ins, data) = (pw::ins::PURCHASE, Some(m.encode()));
+        self.link
+            .call("PURCHASE", ins, 0, data, ValueReceipt::decode)
     }
 
     /// GET TRANSACTION STATUS for (sam_id, sam_txn); `key_usage` is
@@ -319,13 +349,14 @@ impl<'a, T: Transport + ?Sized> PurseClient<'a, T> {
         key_usage: u8,
         q: &TxnStatusQuery,
     ) -> Result<TxnStatus, ClientError> {
-        let d = self.run(
+        let (ins, data) = (pw::ins::GET_TXN_STATUS, Some(q.encode()));
+        self.link.call(
             "GET TRANSACTION STATUS",
-            &Self::cmd(pw::ins::GET_TXN_STATUS, key_usage)
-                .with_data(q.encode())
-                .with_le(LE_ALL),
-        )?;
-        Ok(TxnStatus::decode(&d)?)
+            ins,
+            key_usage,
+            data,
+            TxnStatus::decode,
+        )
     }
 }
 
@@ -333,80 +364,66 @@ impl<'a, T: Transport + ?Sized> PurseClient<'a, T> {
 
 /// Client of the SAM applet (`tessera_sam::wire`).
 pub struct SamClient<'a, T: Transport + ?Sized> {
-    t: &'a mut T,
+    link: Link<'a, T>,
 }
 
 impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
     pub fn new(t: &'a mut T) -> Self {
-        SamClient { t }
+        SamClient {
+            link: Link { t, who: Who::Sam },
+        }
     }
 
     /// The transport underneath.
     pub fn transport(&mut self) -> &mut T {
-        self.t
-    }
-
-    fn run(&mut self, command: &'static str, cmd: &Command) -> Result<Vec<u8>, ClientError> {
-        exchange(self.t, Who::Sam, command, cmd)
-    }
-
-    fn cmd(ins: u8, p1: u8) -> Command {
-        Command::new(sw_::CLA, ins, p1, 0x00)
+        self.link.t
     }
 
     /// SELECT the SAM applet by AID.
     pub fn select(&mut self) -> Result<(), ClientError> {
-        self.run("SELECT SAM", &select_cmd(&sw_::SAM_AID))
+        self.link
+            .run("SELECT SAM", &select_cmd(&sw_::SAM_AID))
             .map(|_| ())
     }
 
     /// VERIFY the unlock PIN (unlocked until reset or deselect).
     pub fn unlock(&mut self, pin: &[u8]) -> Result<(), ClientError> {
-        self.run("VERIFY SAM PIN", &verify_cmd(pin)).map(|_| ())
+        self.link
+            .run("VERIFY SAM PIN", &verify_cmd(pin))
+            .map(|_| ())
     }
 
     pub fn sam_data(&mut self) -> Result<SamData, ClientError> {
-        let d = self.run(
-            "GET SAM DATA",
-            &Self::cmd(sw_::ins::GET_SAM_DATA, 0).with_le(LE_ALL),
-        )?;
-        Ok(SamData::decode(&d)?)
+        let ins = sw_::ins::GET_SAM_DATA;
+        self.link
+            .call("GET SAM DATA", ins, 0, None, SamData::decode)
     }
 
     /// DER SubjectPublicKeyInfo of the issuer SAM's RSA personalisation key.
     pub fn perso_public_key(&mut self) -> Result<Vec<u8>, ClientError> {
-        self.run(
-            "GET PERSO PUBLIC KEY",
-            &Self::cmd(sw_::ins::GET_PERSO_PUBLIC_KEY, 0).with_le(LE_ALL),
-        )
+        let ins = sw_::ins::GET_PERSO_PUBLIC_KEY;
+        self.link.call("GET PERSO PUBLIC KEY", ins, 0, None, raw)
     }
 
     /// GET ATTESTATION KEY: DER SubjectPublicKeyInfo of the SAM's attestation key (no
     /// unlock needed; the factory certifies it with the manufacturer CA).
     pub fn attestation_key(&mut self) -> Result<Vec<u8>, ClientError> {
-        self.run(
-            "GET ATTESTATION KEY",
-            &Self::cmd(sw_::ins::GET_ATTESTATION_KEY, 0).with_le(LE_ALL),
-        )
+        let ins = sw_::ins::GET_ATTESTATION_KEY;
+        self.link.call("GET ATTESTATION KEY", ins, 0, None, raw)
     }
 
     /// INIT KEY IMPORT (new SAM): its key transport request (OAEP ciphertext) signed by
     /// its attestation key.
     pub fn init_key_import(&mut self) -> Result<AttestedKeyRequest, ClientError> {
-        let d = self.run(
-            "INIT KEY IMPORT",
-            &Self::cmd(sw_::ins::INIT_KEY_IMPORT, 0).with_le(LE_ALL),
-        )?;
-        Ok(AttestedKeyRequest::decode(&d)?)
+        let ins = sw_::ins::INIT_KEY_IMPORT;
+        self.link
+            .call("INIT KEY IMPORT", ins, 0, None, AttestedKeyRequest::decode)
     }
 
     /// IMPORT KEYS (new SAM).
     pub fn import_keys(&mut self, blob: &KeyBlob) -> Result<(), ClientError> {
-        self.run(
-            "IMPORT KEYS",
-            &Self::cmd(sw_::ins::IMPORT_KEYS, 0).with_data(blob.encode()),
-        )
-        .map(|_| ())
+        self.link
+            .send("IMPORT KEYS", sw_::ins::IMPORT_KEYS, blob.encode())
     }
 
     /// EXPORT SAM KEYS (issuer): the keys `role` needs, wrapped for the new SAM whose
@@ -418,13 +435,9 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
     ) -> Result<KeyBlob, ClientError> {
         let mut data = vec![role];
         data.extend_from_slice(&request.encode());
-        let d = self.run(
-            "EXPORT SAM KEYS",
-            &Self::cmd(sw_::ins::EXPORT_SAM_KEYS, 0)
-                .with_data(data)
-                .with_le(LE_ALL),
-        )?;
-        Ok(KeyBlob::decode(&d)?)
+        let ins = sw_::ins::EXPORT_SAM_KEYS;
+        self.link
+            .call("EXPORT SAM KEYS", ins, 0, Some(data), KeyBlob::decode)
     }
 
     /// PERSONALISE PURSE (issuer): the purse's keys wrapped for the purse whose
@@ -433,130 +446,92 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
         &mut self,
         request: &PersonaliseRequest,
     ) -> Result<KeyBlob, ClientError> {
-        let d = self.run(
-            "PERSONALISE PURSE",
-            &Self::cmd(sw_::ins::PERSONALISE_PURSE, 0)
-                .with_data(request.encode())
-                .with_le(LE_ALL),
-        )?;
-        Ok(KeyBlob::decode(&d)?)
+        let (ins, data) = (sw_::ins::PERSONALISE_PURSE, Some(request.encode()));
+        self.link
+            .call("PERSONALISE PURSE", ins, 0, data, KeyBlob::decode)
     }
 
     pub fn authorize_load(&mut self, m: &AuthorizeLoad) -> Result<LoadAuthorization, ClientError> {
-        let d = self.run(
-            "AUTHORIZE LOAD",
-            &Self::cmd(sw_::ins::AUTHORIZE_LOAD, 0)
-                .with_data(m.encode())
-                .with_le(LE_ALL),
-        )?;
-        Ok(LoadAuthorization::decode(&d)?)
+        let (ins, data) = (sw_::ins::AUTHORIZE_LOAD, Some(m.encode()));
+        self.link
+            .call("AUTHORIZE LOAD", ins, 0, data, LoadAuthorization::decode)
     }
 
     pub fn confirm_load(&mut self, m: &Confirm) -> Result<(), ClientError> {
-        self.run(
-            "CONFIRM LOAD",
-            &Self::cmd(sw_::ins::CONFIRM_LOAD, 0).with_data(m.encode()),
-        )
-        .map(|_| ())
+        self.link
+            .send("CONFIRM LOAD", sw_::ins::CONFIRM_LOAD, m.encode())
     }
 
     pub fn begin_purchase(&mut self) -> Result<BeginPurchase, ClientError> {
-        let d = self.run(
-            "BEGIN PURCHASE",
-            &Self::cmd(sw_::ins::BEGIN_PURCHASE, 0).with_le(LE_ALL),
-        )?;
-        Ok(BeginPurchase::decode(&d)?)
+        let ins = sw_::ins::BEGIN_PURCHASE;
+        self.link
+            .call("BEGIN PURCHASE", ins, 0, None, BeginPurchase::decode)
     }
 
     pub fn authorize_purchase(
         &mut self,
         m: &AuthorizePurchase,
     ) -> Result<PurchaseAuthorization, ClientError> {
-        let d = self.run(
-            "AUTHORIZE PURCHASE",
-            &Self::cmd(sw_::ins::AUTHORIZE_PURCHASE, 0)
-                .with_data(m.encode())
-                .with_le(LE_ALL),
-        )?;
-        Ok(PurchaseAuthorization::decode(&d)?)
+        let (ins, data) = (sw_::ins::AUTHORIZE_PURCHASE, Some(m.encode()));
+        let decode = PurchaseAuthorization::decode;
+        self.link.call("AUTHORIZE PURCHASE", ins, 0, data, decode)
     }
 
     pub fn confirm_purchase(&mut self, m: &Confirm) -> Result<(), ClientError> {
-        self.run(
-            "CONFIRM PURCHASE",
-            &Self::cmd(sw_::ins::CONFIRM_PURCHASE, 0).with_data(m.encode()),
-        )
-        .map(|_| ())
+        self.link
+            .send("CONFIRM PURCHASE", sw_::ins::CONFIRM_PURCHASE, m.encode())
     }
 
     /// BEGIN RESOLVE: a fresh challenge for the purse's GET TRANSACTION STATUS (valid for
     /// the entries the SAM holds now, until the next BEGIN RESOLVE, reset or deselect).
     pub fn begin_resolve(&mut self) -> Result<ResolveChallenge, ClientError> {
-        let d = self.run(
-            "BEGIN RESOLVE",
-            &Self::cmd(sw_::ins::BEGIN_RESOLVE, 0).with_le(LE_ALL),
-        )?;
-        Ok(ResolveChallenge::decode(&d)?)
+        let ins = sw_::ins::BEGIN_RESOLVE;
+        self.link
+            .call("BEGIN RESOLVE", ins, 0, None, ResolveChallenge::decode)
     }
 
     /// RESOLVE a pending authorisation with the purse's transaction status (made for the
     /// challenge of the last [`SamClient::begin_resolve`]). Returns the
     /// entry's status afterwards (`tessera_sam::wire::status::CONFIRMED` or `VOID`).
     pub fn resolve(&mut self, m: &Resolve) -> Result<u8, ClientError> {
-        let d = self.run(
-            "RESOLVE",
-            &Self::cmd(sw_::ins::RESOLVE, 0)
-                .with_data(m.encode())
-                .with_le(LE_ALL),
-        )?;
-        match d.as_slice() {
+        let (ins, data) = (sw_::ins::RESOLVE, Some(m.encode()));
+        self.link.call("RESOLVE", ins, 0, data, |d| match d {
             [s] => Ok(*s),
-            _ => Err(ClientError::Wire(WireError::Length {
+            _ => Err(WireError::Length {
                 msg: "RESOLVE response",
                 expected: 1,
                 got: d.len(),
-            })),
-        }
+            }),
+        })
     }
 
     /// EXPORT JOURNAL: at most `max` entries (0: the SAM's default of 64).
     pub fn export_journal(&mut self, max: u8) -> Result<JournalBatch, ClientError> {
-        let d = self.run(
-            "EXPORT JOURNAL",
-            &Self::cmd(sw_::ins::EXPORT_JOURNAL, max).with_le(LE_ALL),
-        )?;
-        Ok(JournalBatch::decode(&d)?)
+        let ins = sw_::ins::EXPORT_JOURNAL;
+        self.link
+            .call("EXPORT JOURNAL", ins, max, None, JournalBatch::decode)
     }
 
     /// EXPORT JOURNAL P2 = 01 (peek): at most `max` entries as they are now (0: 64), MAC
     /// all zero; records nothing (the batch awaiting settlement is unchanged).
     pub fn peek_journal(&mut self, max: u8) -> Result<JournalBatch, ClientError> {
-        let d = self.run(
-            "EXPORT JOURNAL (peek)",
-            &Command::new(sw_::CLA, sw_::ins::EXPORT_JOURNAL, max, 0x01).with_le(LE_ALL),
-        )?;
-        Ok(JournalBatch::decode(&d)?)
+        let cmd = Command::new(sw_::CLA, sw_::ins::EXPORT_JOURNAL, max, 0x01);
+        self.link
+            .fetch("EXPORT JOURNAL (peek)", cmd, JournalBatch::decode)
     }
 
     /// ACK JOURNAL with the issuer's acknowledgement of the batch this SAM exported last:
     /// drops the entries that batch showed CONFIRMED or VOID. An ack of an earlier batch
     /// answers 6985 and drops nothing.
     pub fn ack_journal(&mut self, ack: &JournalAck) -> Result<(), ClientError> {
-        self.run(
-            "ACK JOURNAL",
-            &Self::cmd(sw_::ins::ACK_JOURNAL, 0).with_data(ack.encode()),
-        )
-        .map(|_| ())
+        self.link
+            .send("ACK JOURNAL", sw_::ins::ACK_JOURNAL, ack.encode())
     }
 
     /// VERIFY JOURNAL (issuer): checks another SAM's batch, answers its acknowledgement.
     pub fn verify_journal(&mut self, batch: &JournalBatch) -> Result<JournalAck, ClientError> {
-        let d = self.run(
-            "VERIFY JOURNAL",
-            &Self::cmd(sw_::ins::VERIFY_JOURNAL, 0)
-                .with_data(batch.encode())
-                .with_le(LE_ALL),
-        )?;
-        Ok(JournalAck::decode(&d)?)
+        let (ins, data) = (sw_::ins::VERIFY_JOURNAL, Some(batch.encode()));
+        self.link
+            .call("VERIFY JOURNAL", ins, 0, data, JournalAck::decode)
     }
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tessera_apdu::Sw;
 use tessera_purse::wire::{
     self as pw, AuthorizeLoad, AuthorizePurchase, InitPurchase, Load, LogRecord, Purchase,
-    PurseData, PurseId, TxnStatus, TxnStatusQuery,
+    PurseData, PurseId, TxnStatus, TxnStatusQuery, ValueReceipt,
 };
 use tessera_sam::wire::{
     self as sw_, Confirm, JournalAck, JournalBatch, JournalEntry, Resolve, SamData,
@@ -493,6 +493,155 @@ where
     }
 }
 
+/// The kind of a value transaction: what differs between a load and a purchase in the
+/// steps they share (authorise at the SAM, apply at the purse, recover, confirm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueKind {
+    Load,
+    Purchase,
+}
+
+impl ValueKind {
+    /// The purse key usage its transaction status is MACed with.
+    fn key_usage(self) -> u8 {
+        match self {
+            ValueKind::Load => pw::usage::LOAD,
+            ValueKind::Purchase => pw::usage::DEBIT,
+        }
+    }
+
+    fn authorize_step(self) -> &'static str {
+        match self {
+            ValueKind::Load => "AUTHORIZE LOAD",
+            ValueKind::Purchase => "AUTHORIZE PURCHASE",
+        }
+    }
+
+    fn confirm_step(self) -> &'static str {
+        match self {
+            ValueKind::Load => "CONFIRM LOAD",
+            ValueKind::Purchase => "CONFIRM PURCHASE",
+        }
+    }
+
+    fn confirm<S: Transport + ?Sized>(
+        self,
+        c: &mut SamClient<'_, S>,
+        m: &Confirm,
+    ) -> Result<(), ClientError> {
+        match self {
+            ValueKind::Load => c.confirm_load(m),
+            ValueKind::Purchase => c.confirm_purchase(m),
+        }
+    }
+}
+
+/// A transaction the SAM authorised.
+struct Authorised {
+    kind: ValueKind,
+    purse_id: PurseId,
+    sam_id: [u8; 4],
+    sam_txn: u32,
+    amount: u32,
+}
+
+/// What the purse reports of an authorised transaction it applied.
+struct Applied {
+    counter: u32,
+    balance_after: u32,
+    proof: [u8; 8],
+    /// The purse's answer was lost and the result came from the recovery step.
+    recovered: bool,
+    /// The SAM journal entry is CONFIRMED.
+    sam_confirmed: bool,
+}
+
+/// AUTHORIZE at the SAM (`authorize` sends it). When its answer is lost, the SAM's
+/// pending entry (if any) is voided and the flow ends with the reason.
+fn authorise<P, S, A>(
+    purse: &mut P,
+    sam: &mut S,
+    opts: &FlowOptions,
+    kind: ValueKind,
+    purse_id: PurseId,
+    authorize: impl FnOnce(&mut SamClient<'_, S>) -> Result<A, ClientError>,
+) -> Result<A, FlowError>
+where
+    P: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    match authorize(&mut SamClient::new(&mut *sam)) {
+        Ok(a) => Ok(a),
+        Err(e) if e.is_no_response() => {
+            Err(void_orphan(purse, sam, opts, kind.key_usage(), purse_id))
+        }
+        Err(e) => Err(sam_err(kind.authorize_step(), e)),
+    }
+}
+
+/// Apply an authorised transaction at the purse (`apply` sends the LOAD or PURCHASE) and
+/// CONFIRM it at the SAM. A lost purse answer runs the recovery step (which resolves the
+/// SAM entry); a refusal voids the SAM's authorisation and ends the flow with the reason
+/// `refused` makes of it.
+fn apply_and_confirm<P, S>(
+    purse: &mut P,
+    sam: &mut S,
+    opts: &FlowOptions,
+    txn: &Authorised,
+    apply: impl FnOnce(&mut P) -> Result<ValueReceipt, ClientError>,
+    refused: impl FnOnce(ClientError) -> FlowError,
+) -> Result<Applied, FlowError>
+where
+    P: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    let key_usage = txn.kind.key_usage();
+    let mut applied = match apply(&mut *purse) {
+        Ok(r) => Applied {
+            counter: r.counter,
+            balance_after: r.balance_after,
+            proof: r.proof,
+            recovered: false,
+            sam_confirmed: false,
+        },
+        Err(e) if e.is_no_response() => {
+            let (purse_id, sam_id, sam_txn) = (txn.purse_id, txn.sam_id, txn.sam_txn);
+            return match recover(purse, sam, opts, key_usage, purse_id, sam_id, sam_txn)? {
+                Some(rec) => Ok(Applied {
+                    counter: rec.counter,
+                    balance_after: rec.balance_after,
+                    proof: rec.proof,
+                    recovered: true,
+                    sam_confirmed: true,
+                }),
+                None => Err(FlowError::NotApplied { voided: true }),
+            };
+        }
+        Err(e) => {
+            let reason = refused(e);
+            return Err(after_refusal(purse, sam, opts, txn, reason));
+        }
+    };
+    let confirm = Confirm {
+        purse_id: txn.purse_id,
+        sam_txn: txn.sam_txn,
+        counter: applied.counter,
+        amount: txn.amount,
+        balance_after: applied.balance_after,
+        proof: applied.proof,
+    };
+    // The value moved at the purse: a failed CONFIRM is reported in the receipt, never as
+    // an error (the entry stays PENDING and the recovery step resolves it later).
+    let step = txn.kind.confirm_step();
+    match sam_idempotent(sam, opts, step, |c| txn.kind.confirm(c, &confirm)) {
+        Ok(()) => applied.sam_confirmed = true,
+        Err(e) => {
+            tracing::warn!("{step} failed ({e}); the SAM entry stays PENDING until resolved")
+        }
+    }
+    Ok(applied)
+}
+
 /// Load value into a purse through the issuer SAM (open: selected and unlocked).
 pub fn load<P, S>(
     purse: &mut P,
@@ -532,19 +681,10 @@ where
         amount: req.amount,
         terminal_time: req.terminal_time,
     };
-    let auth = match SamClient::new(&mut *sam).authorize_load(&areq) {
-        Ok(a) => a,
-        Err(e) if e.is_no_response() => {
-            return Err(void_orphan(
-                purse,
-                sam,
-                opts,
-                pw::usage::LOAD,
-                init.purse_id,
-            ));
-        }
-        Err(e) => return Err(sam_err("AUTHORIZE LOAD", e)),
-    };
+    let kind = ValueKind::Load;
+    let auth = authorise(purse, sam, opts, kind, init.purse_id, |c| {
+        c.authorize_load(&areq)
+    })?;
     let msg = Load {
         amount: req.amount,
         sam_id: auth.sam_id,
@@ -553,99 +693,56 @@ where
         counter: init.counter,
         mac: auth.mac,
     };
-    let mut receipt = LoadReceipt {
+    let txn = Authorised {
+        kind,
+        purse_id: init.purse_id,
+        sam_id: auth.sam_id,
+        sam_txn: auth.sam_txn,
+        amount: req.amount,
+    };
+    let apply = |p: &mut P| PurseClient::new(p).load(&msg);
+    let refused = |e| purse_err("LOAD", e);
+    let done = apply_and_confirm(purse, sam, opts, &txn, apply, refused)?;
+    Ok(LoadReceipt {
         purse_id: init.purse_id,
         currency: init.currency,
         amount: req.amount,
         balance_before: init.balance,
-        balance_after: 0,
-        counter: init.counter,
+        balance_after: done.balance_after,
+        counter: done.counter,
         sam_id: auth.sam_id,
         sam_txn: auth.sam_txn,
         terminal_time: req.terminal_time,
-        proof: [0; 8],
-        recovered: false,
-        sam_confirmed: false,
-    };
-    match PurseClient::new(&mut *purse).load(&msg) {
-        Ok(r) => {
-            receipt.counter = r.counter;
-            receipt.balance_after = r.balance_after;
-            receipt.proof = r.proof;
-        }
-        Err(e) if e.is_no_response() => {
-            match recover(
-                purse,
-                sam,
-                opts,
-                pw::usage::LOAD,
-                init.purse_id,
-                auth.sam_id,
-                auth.sam_txn,
-            )? {
-                Some(rec) => {
-                    receipt.counter = rec.counter;
-                    receipt.balance_after = rec.balance_after;
-                    receipt.proof = rec.proof;
-                    receipt.recovered = true;
-                    receipt.sam_confirmed = true;
-                    return Ok(receipt);
-                }
-                None => return Err(FlowError::NotApplied { voided: true }),
-            }
-        }
-        Err(e) => {
-            let reason = purse_err("LOAD", e);
-            return Err(after_refusal(
-                purse,
-                sam,
-                opts,
-                pw::usage::LOAD,
-                init.purse_id,
-                auth.sam_id,
-                auth.sam_txn,
-                reason,
-            ));
-        }
-    }
-    let confirm = Confirm {
-        purse_id: init.purse_id,
-        sam_txn: auth.sam_txn,
-        counter: receipt.counter,
-        amount: req.amount,
-        balance_after: receipt.balance_after,
-        proof: receipt.proof,
-    };
-    // The value moved at the purse: a failed CONFIRM is reported in the receipt, never as
-    // an error (the entry stays PENDING and the recovery step resolves it later).
-    match sam_idempotent(sam, opts, "CONFIRM LOAD", |c| c.confirm_load(&confirm)) {
-        Ok(()) => receipt.sam_confirmed = true,
-        Err(e) => {
-            tracing::warn!("CONFIRM LOAD failed ({e}); the SAM entry stays PENDING until resolved")
-        }
-    }
-    Ok(receipt)
+        proof: done.proof,
+        recovered: done.recovered,
+        sam_confirmed: done.sam_confirmed,
+    })
 }
 
 /// After the purse refused an authorised message: void the SAM's pending entry, then
 /// report the purse's reason. If the status says the transaction *was* applied (it cannot
 /// be, after a refusal), that is reported as a recovery failure.
-#[allow(clippy::too_many_arguments)]
 fn after_refusal<P, S>(
     purse: &mut P,
     sam: &mut S,
     opts: &FlowOptions,
-    key_usage: u8,
-    purse_id: PurseId,
-    sam_id: [u8; 4],
-    sam_txn: u32,
+    txn: &Authorised,
     reason: FlowError,
 ) -> FlowError
 where
     P: Transport + ?Sized,
     S: Transport + ?Sized,
 {
-    match void(purse, sam, opts, key_usage, purse_id, sam_id, sam_txn) {
+    let (key_usage, purse_id) = (txn.kind.key_usage(), txn.purse_id);
+    match void(
+        purse,
+        sam,
+        opts,
+        key_usage,
+        purse_id,
+        txn.sam_id,
+        txn.sam_txn,
+    ) {
         Ok(false) => reason,
         Ok(true) => FlowError::Recovery(format!(
             "the purse refused ({reason}) but reports the transaction applied"
@@ -726,19 +823,10 @@ where
         terminal_id: req.terminal_id,
         terminal_time: req.terminal_time,
     };
-    let auth = match SamClient::new(&mut *sam).authorize_purchase(&areq) {
-        Ok(a) => a,
-        Err(e) if e.is_no_response() => {
-            return Err(void_orphan(
-                purse,
-                sam,
-                opts,
-                pw::usage::DEBIT,
-                init.purse_id,
-            ));
-        }
-        Err(e) => return Err(sam_err("AUTHORIZE PURCHASE", e)),
-    };
+    let kind = ValueKind::Purchase;
+    let auth = authorise(purse, sam, opts, kind, init.purse_id, |c| {
+        c.authorize_purchase(&areq)
+    })?;
     let msg = Purchase {
         amount: req.amount,
         terminal_id: req.terminal_id,
@@ -748,92 +836,44 @@ where
         counter: init.counter,
         mac: auth.mac,
     };
-    let mut receipt = PayReceipt {
+    let txn = Authorised {
+        kind,
+        purse_id: init.purse_id,
+        sam_id: begin.sam_id,
+        sam_txn: auth.sam_txn,
+        amount: req.amount,
+    };
+    let refused = |e: ClientError| match (e.sw(), purse_err("PURCHASE", e)) {
+        (_, FlowError::InsufficientFunds { .. }) => FlowError::InsufficientFunds {
+            balance: init.balance,
+            amount: req.amount,
+        },
+        (Some(Sw::SECURITY_STATUS_NOT_SATISFIED), _)
+            if init.flags & pw::FLAG_PIN_SET != 0 && req.amount > init.pin_threshold =>
+        {
+            FlowError::PinRequired {
+                threshold: init.pin_threshold,
+            }
+        }
+        (_, other) => other,
+    };
+    let apply = |p: &mut P| PurseClient::new(p).purchase(&msg);
+    let done = apply_and_confirm(purse, sam, opts, &txn, apply, refused)?;
+    Ok(PayReceipt {
         purse_id: init.purse_id,
         currency: init.currency,
         amount: req.amount,
         balance_before: init.balance,
-        balance_after: 0,
-        counter: init.counter,
+        balance_after: done.balance_after,
+        counter: done.counter,
         terminal_id: req.terminal_id,
         sam_id: begin.sam_id,
         sam_txn: auth.sam_txn,
         terminal_time: req.terminal_time,
-        proof: [0; 8],
-        recovered: false,
-        sam_confirmed: false,
-    };
-    match PurseClient::new(&mut *purse).purchase(&msg) {
-        Ok(r) => {
-            receipt.counter = r.counter;
-            receipt.balance_after = r.balance_after;
-            receipt.proof = r.proof;
-        }
-        Err(e) if e.is_no_response() => {
-            match recover(
-                purse,
-                sam,
-                opts,
-                pw::usage::DEBIT,
-                init.purse_id,
-                begin.sam_id,
-                auth.sam_txn,
-            )? {
-                Some(rec) => {
-                    receipt.counter = rec.counter;
-                    receipt.balance_after = rec.balance_after;
-                    receipt.proof = rec.proof;
-                    receipt.recovered = true;
-                    receipt.sam_confirmed = true;
-                    return Ok(receipt);
-                }
-                None => return Err(FlowError::NotApplied { voided: true }),
-            }
-        }
-        Err(e) => {
-            let reason = match (e.sw(), purse_err("PURCHASE", e)) {
-                (_, FlowError::InsufficientFunds { .. }) => FlowError::InsufficientFunds {
-                    balance: init.balance,
-                    amount: req.amount,
-                },
-                (Some(Sw::SECURITY_STATUS_NOT_SATISFIED), _)
-                    if init.flags & pw::FLAG_PIN_SET != 0 && req.amount > init.pin_threshold =>
-                {
-                    FlowError::PinRequired {
-                        threshold: init.pin_threshold,
-                    }
-                }
-                (_, other) => other,
-            };
-            return Err(after_refusal(
-                purse,
-                sam,
-                opts,
-                pw::usage::DEBIT,
-                init.purse_id,
-                begin.sam_id,
-                auth.sam_txn,
-                reason,
-            ));
-        }
-    }
-    let confirm = Confirm {
-        purse_id: init.purse_id,
-        sam_txn: auth.sam_txn,
-        counter: receipt.counter,
-        amount: req.amount,
-        balance_after: receipt.balance_after,
-        proof: receipt.proof,
-    };
-    match sam_idempotent(sam, opts, "CONFIRM PURCHASE", |c| {
-        c.confirm_purchase(&confirm)
-    }) {
-        Ok(()) => receipt.sam_confirmed = true,
-        Err(e) => tracing::warn!(
-            "CONFIRM PURCHASE failed ({e}); the SAM entry stays PENDING until resolved"
-        ),
-    }
-    Ok(receipt)
+        proof: done.proof,
+        recovered: done.recovered,
+        sam_confirmed: done.sam_confirmed,
+    })
 }
 
 // ------------------------------------------------------------------ personalisation

@@ -13,7 +13,7 @@
 //! kit holds it in-process for the demo and the tests.
 
 use super::{FlowError, open_sam, personalise_purse, personalise_sam};
-use crate::clients::{PurseClient, SamClient};
+use crate::clients::{ClientError, PurseClient, SamClient};
 use crate::transport::Transport;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tessera_crypto::CryptoError;
@@ -147,6 +147,11 @@ impl ManufacturerCa {
     }
 }
 
+/// Report a failed command of `step` as a flow error.
+fn step(step: &'static str) -> impl Fn(ClientError) -> FlowError {
+    move |source| FlowError::Step { step, source }
+}
+
 /// Factory step for a purse: SELECT it, read its attestation key (GET ATTESTATION KEY)
 /// and purse ID, and have `ca` certify the key for that purse ID. Returns the DER
 /// certificate.
@@ -155,7 +160,6 @@ pub fn certify_purse<P: Transport + ?Sized>(
     ca: &ManufacturerCa,
     now: SystemTime,
 ) -> Result<Vec<u8>, KitError> {
-    let step = |step: &'static str| move |source| FlowError::Step { step, source };
     let mut pc = PurseClient::new(card);
     pc.select().map_err(step("SELECT PURSE"))?;
     let spki = pc.attestation_key().map_err(step("GET ATTESTATION KEY"))?;
@@ -176,7 +180,6 @@ pub fn certify_sam<S: Transport + ?Sized>(
     ca: &ManufacturerCa,
     now: SystemTime,
 ) -> Result<Vec<u8>, KitError> {
-    let step = |step: &'static str| move |source| FlowError::Step { step, source };
     let mut sc = SamClient::new(sam);
     let spki = sc.attestation_key().map_err(step("GET ATTESTATION KEY"))?;
     let sam_id = sc.sam_data().map_err(step("GET SAM DATA"))?.sam_id;
@@ -282,6 +285,17 @@ fn sam_card_id(sam_id: [u8; 4]) -> Vec<u8> {
 /// its RSA personalisation key and its attestation key inside itself) trusting the chip
 /// manufacturer CA certificate `chip_ca_cert` (DER). Powered on, not unlocked.
 pub fn new_issuer_sam(params: &SamParams, chip_ca_cert: &[u8]) -> Result<Card, KitError> {
+    sam_chip(params, role::ISSUER, Vec::new(), chip_ca_cert.to_vec())
+}
+
+/// A SAM chip from `params` with the SAM applet installed as `role`, trusting
+/// `issuer_perso_spki` (new SAMs) or `chip_ca_cert` (the issuer SAM). Powered on.
+fn sam_chip(
+    params: &SamParams,
+    role: u8,
+    issuer_perso_spki: Vec<u8>,
+    chip_ca_cert: Vec<u8>,
+) -> Result<Card, KitError> {
     let mut card = chip(
         sam_card_id(params.sam_id),
         params.seed,
@@ -289,13 +303,13 @@ pub fn new_issuer_sam(params: &SamParams, chip_ca_cert: &[u8]) -> Result<Card, K
     );
     let install = SamInstall {
         sam_id: params.sam_id,
-        role: role::ISSUER,
+        role,
         pin: params.pin.clone(),
         max_per_load: params.max_per_load,
         max_per_day: params.max_per_day,
         journal_capacity: params.journal_capacity,
-        issuer_perso_spki: Vec::new(),
-        chip_ca_cert: chip_ca_cert.to_vec(),
+        issuer_perso_spki,
+        chip_ca_cert,
     };
     card.install("sam", &SAM_AID, Privileges::default(), &install.encode())?;
     card.power_on();
@@ -312,10 +326,7 @@ pub fn issue_purse<S: Transport + ?Sized>(
 ) -> Result<(Card, PurseData), KitError> {
     let spki = SamClient::new(&mut *issuer)
         .perso_public_key()
-        .map_err(|e| FlowError::Step {
-            step: "GET PERSO PUBLIC KEY",
-            source: e,
-        })?;
+        .map_err(step("GET PERSO PUBLIC KEY"))?;
     let mut card = chip(params.card_id.clone(), params.seed, None);
     let install = PurseInstall {
         currency: params.currency,
@@ -350,27 +361,8 @@ pub fn issue_sam<S: Transport + ?Sized>(
 ) -> Result<(Card, SamData), KitError> {
     let spki = SamClient::new(&mut *issuer)
         .perso_public_key()
-        .map_err(|e| FlowError::Step {
-            step: "GET PERSO PUBLIC KEY",
-            source: e,
-        })?;
-    let mut card = chip(
-        sam_card_id(params.sam_id),
-        params.seed,
-        Some(SAM_MEMORY_QUOTA),
-    );
-    let install = SamInstall {
-        sam_id: params.sam_id,
-        role: params.role,
-        pin: params.pin.clone(),
-        max_per_load: params.max_per_load,
-        max_per_day: params.max_per_day,
-        journal_capacity: params.journal_capacity,
-        issuer_perso_spki: spki,
-        chip_ca_cert: Vec::new(),
-    };
-    card.install("sam", &SAM_AID, Privileges::default(), &install.encode())?;
-    card.power_on();
+        .map_err(step("GET PERSO PUBLIC KEY"))?;
+    let mut card = sam_chip(params, params.role, spki, Vec::new())?;
     open_sam(&mut card, &params.pin)?;
     let now = SystemTime::now();
     let cert = certify_sam(&mut card, ca, now)?;
