@@ -671,11 +671,12 @@ impl Purse {
     }
 
     fn get_txn_status(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        // "Not applied" must be final: no open session may apply the transaction later.
+        // The session ends first, whatever the parameters (as LOAD and PURCHASE do).
+        let _ = take_session(ctx);
         if cmd.p2 != 0 || !(cmd.p1 == usage::LOAD || cmd.p1 == usage::DEBIT) {
             return Err(Sw::INCORRECT_P1P2);
         }
-        // "Not applied" must be final: no open session may apply the transaction later.
-        let _ = take_session(ctx);
         let q = TxnStatusQuery::decode(&cmd.data).map_err(|e| e.sw())?;
         let keys = require_keys(ctx)?;
         let cfg = config(ctx)?;

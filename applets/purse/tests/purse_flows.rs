@@ -51,9 +51,22 @@ fn personalisation_through_apdus() {
     // Personalisation is over: the transport key is gone and the blob cannot be replayed.
     assert_eq!(p.sw(ins::INIT_PERSO, 0, 0, &[]), sw::NOT_PERSONALISED);
     assert_eq!(p.sw(ins::PUT_KEYS, 0, 0, &blob), sw::NOT_PERSONALISED);
-    // The issuer SAM refuses to personalise the same purse ID again.
+    // The issuer SAM refuses to personalise the same purse ID again for another request
+    // (the twin's image is this purse's: its first INIT PERSO is the very same request,
+    // which gets the very same blob; its second one is a new request).
     let mut twin = blank_purse(&mut sam, &PurseOpts::default());
+    let same = twin.ok(ins::INIT_PERSO, 0, 0, &[]);
+    assert_eq!(
+        sam.ok(
+            sam_wire::ins::PERSONALISE_PURSE,
+            0,
+            0,
+            &perso_request(&cert, &same)
+        ),
+        blob
+    );
     let ct = twin.ok(ins::INIT_PERSO, 0, 0, &[]);
+    assert_ne!(ct, same);
     assert_eq!(
         sam.sw(
             sam_wire::ins::PERSONALISE_PURSE,
@@ -436,6 +449,32 @@ fn txn_status_not_applied_ends_the_session_and_voids() {
         Sw::OK
     );
     assert_eq!(balance(&mut p), 0);
+}
+
+/// GET TXN STATUS with wrong parameters still ends the open session (as LOAD and
+/// PURCHASE do): an authorisation prepared in it can no longer apply.
+#[test]
+fn txn_status_with_wrong_parameters_still_ends_the_session() {
+    let mut sam = issuer();
+    let mut p = purse(&mut sam, &PurseOpts::default());
+    for (p1, p2) in [(0u8, 0u8), (3, 0), (pw::usage::LOAD, 1)] {
+        let l = prepare_load(&mut sam, &mut p, 100, T0);
+        assert_eq!(
+            p.sw(ins::GET_TXN_STATUS, p1, p2, &[0; 16]),
+            Sw::INCORRECT_P1P2,
+            "P1 {p1:02X} P2 {p2:02X}"
+        );
+        assert_eq!(
+            p.sw(ins::LOAD, 0, 0, &l.encode()),
+            Sw::CONDITIONS_NOT_SATISFIED,
+            "P1 {p1:02X} P2 {p2:02X}"
+        );
+    }
+    assert_eq!(balance(&mut p), 0);
+    // Control: without the status query the same steps apply the load.
+    let l = prepare_load(&mut sam, &mut p, 100, T0);
+    p.ok(ins::LOAD, 0, 0, &l.encode());
+    assert_eq!(balance(&mut p), 100);
 }
 
 /// An abandoned purchase authorisation, then `later` purchases on a purse with

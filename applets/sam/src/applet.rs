@@ -5,7 +5,7 @@
 //! | key | content |
 //! |---|---|
 //! | `cfg` | [`Config`]: SAM ID, role, ceilings, journal capacity, issuer SPKI (terminal) |
-//! | `val` | [`State`]: last SAM transaction number, current day and its running total, journal counts (entries, pending, oldest seq) |
+//! | `val` | [`State`]: last SAM transaction number, current ceiling period (day) and its running total, whether a settlement was acknowledged in it, journal counts (entries, pending, oldest seq), the PENDING entries already reported |
 //! | `keys` | key table: n × (usage, number, version, master, key16) |
 //! | `rsa`, `spki` | issuer: RSA-2048 personalisation key (PKCS#8 DER) and its SPKI |
 //! | `kt` | terminal: transport key and nonce between INIT KEY IMPORT and IMPORT KEYS |
@@ -15,7 +15,8 @@
 //! | `xb` | [`LastExport`]: MAC, last seq and final entries of the last exported batch |
 //! | `xp` | [`PendingExport`]: the entries of the last exported batch while it showed a final entry and is not acknowledged (EXPORT JOURNAL answers it again) |
 //! | `S/` + SAM ID | issuer: [`Settled`], what VERIFY JOURNAL has settled for that SAM |
-//! | `P/` + purse ID | issuer: a purse ID already personalised |
+//! | `P/` + purse ID | issuer: a purse ID already personalised: SHA-256 of the key request served (legacy: `01`) |
+//! | `T/` + SAM ID | issuer: a SAM ID whose keys were exported: SHA-256 of the key request served |
 //!
 //! An authorisation stages `val` (the new transaction number and the journal counts) and
 //! its PENDING journal entry in the same command: the OS commits them together or not at
@@ -64,6 +65,7 @@ const K_ATT: &[u8] = b"att";
 const K_CA: &[u8] = b"ca";
 const J_PREFIX: &[u8] = b"J/";
 const P_PREFIX: &[u8] = b"P/";
+const T_PREFIX: &[u8] = b"T/";
 const K_EXPORT: &[u8] = b"xb";
 const K_PENDING_EXPORT: &[u8] = b"xp";
 const S_PREFIX: &[u8] = b"S/";
@@ -105,6 +107,26 @@ struct State {
     oldest_seq: u32,
     /// The latest `terminal_time` an authorisation was accepted with (0: none yet). An
     /// authorisation more than [`wire::MAX_TIME_STEP`] ahead of it is refused.
+    time_hwm: u32,
+    /// An ACK JOURNAL that dropped at least one entry (a settlement made by the issuer)
+    /// was accepted since the current ceiling period (`day`) began: only then may a later
+    /// day open a new period with a fresh `day_total`.
+    period_settled: bool,
+    /// Every PENDING entry with a sequence number up to this one has been shown in an
+    /// acknowledged batch: EXPORT JOURNAL does not show it again while it stays PENDING.
+    reported: u32,
+}
+
+/// The `val` record as written before `period_settled` and `reported` existed (a strict
+/// prefix of [`State`]); read once and upgraded (see [`state`]).
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct StateV2 {
+    sam_txn: u32,
+    day: u32,
+    day_total: u32,
+    journal_count: u32,
+    pending_count: u32,
+    oldest_seq: u32,
     time_hwm: u32,
 }
 
@@ -148,6 +170,30 @@ struct LastExport {
     batch_mac: Mac,
     last_seq: u32,
     final_seqs: Vec<u32>,
+    /// Every PENDING entry up to this sequence number was shown by the batch or by an
+    /// acknowledged one before it: its ack moves [`State::reported`] here.
+    pending_upto: u32,
+}
+
+/// The `xb` record as written before `pending_upto` existed.
+#[derive(Debug, Clone, Deserialize)]
+struct LastExportV1 {
+    batch_mac: Mac,
+    last_seq: u32,
+    final_seqs: Vec<u32>,
+}
+
+/// The last exported batch (`xb`), of either layout.
+fn last_export(ctx: &Context<'_>) -> Result<Option<LastExport>, Sw> {
+    if let Ok(x) = ctx.load::<LastExport>(K_EXPORT) {
+        return Ok(x);
+    }
+    Ok(ctx.load::<LastExportV1>(K_EXPORT)?.map(|x| LastExport {
+        batch_mac: x.batch_mac,
+        last_seq: x.last_seq,
+        final_seqs: x.final_seqs,
+        pending_upto: 0,
+    }))
 }
 
 /// The batch awaiting its acknowledgement: written by an EXPORT JOURNAL whose batch shows
@@ -162,10 +208,11 @@ struct PendingExport {
 }
 
 /// Issuer: what VERIFY JOURNAL has settled for one SAM (record `S/` + SAM ID). Every
-/// sequence number up to `hwm` has been shown to this issuer in a verified batch (an entry
-/// missing from a batch below its last seq was dropped by an earlier ack); those still in
-/// `open` were only ever shown PENDING, every other one has been settled in its final
-/// state exactly once.
+/// sequence number up to `hwm` is either in `open` (never shown final to this issuer:
+/// shown PENDING, or passed over by a batch that did not show it) or has been settled in
+/// its final state exactly once. A batch shows every entry it settles; a sequence number
+/// it passes beyond `hwm` without showing it final joins `open` (the exporting SAM still
+/// holds it: every entry an ack dropped is <= `hwm`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Settled {
     /// Highest sequence number shown in a verified batch.
@@ -181,6 +228,20 @@ fn s_key(sam_id: &[u8; 4]) -> Vec<u8> {
     let mut k = S_PREFIX.to_vec();
     k.extend_from_slice(sam_id);
     k
+}
+
+fn t_key(sam_id: &[u8; 4]) -> Vec<u8> {
+    let mut k = T_PREFIX.to_vec();
+    k.extend_from_slice(sam_id);
+    k
+}
+
+/// What PERSONALISE PURSE / EXPORT SAM KEYS remember of the request they served: SHA-256
+/// of the chip's `AttestedKeyRequest` as encoded (its OAEP ciphertext carries the chip's
+/// transport key and nonce; the host's time and certificate encoding are not part of it).
+fn request_digest(req: &pw::AttestedKeyRequest) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(req.encode()).into()
 }
 
 impl JRec {
@@ -222,15 +283,32 @@ fn config(ctx: &Context<'_>) -> Result<Config, Sw> {
 /// is upgraded: its counts are rebuilt by one scan of the journal, and the caller's next
 /// save of `val` stores the new layout.
 fn state(ctx: &Context<'_>) -> Result<State, Sw> {
-    // The legacy layout is a strict prefix of the new one, so it never decodes as `State`.
+    // Each older layout is a strict prefix of the newer ones, so it never decodes as a
+    // newer one.
     if let Ok(Some(st)) = ctx.load::<State>(K_STATE) {
         return Ok(st);
+    }
+    if let Ok(Some(v2)) = ctx.load::<StateV2>(K_STATE) {
+        // Before this version a later day always opened a new period; the first period
+        // after the upgrade may too.
+        return Ok(State {
+            sam_txn: v2.sam_txn,
+            day: v2.day,
+            day_total: v2.day_total,
+            journal_count: v2.journal_count,
+            pending_count: v2.pending_count,
+            oldest_seq: v2.oldest_seq,
+            time_hwm: v2.time_hwm,
+            period_settled: true,
+            reported: 0,
+        });
     }
     let old = ctx.load::<LegacyState>(K_STATE)?.ok_or(Sw::UNKNOWN)?;
     let mut st = State {
         sam_txn: old.sam_txn,
         day: old.day,
         day_total: old.day_total,
+        period_settled: true,
         ..State::default()
     };
     for k in ctx.keys_with_prefix(J_PREFIX) {
@@ -427,11 +505,13 @@ fn hex_upper(b: &[u8]) -> String {
 ///    else 6929;
 /// 3. the ciphertext decrypts under the personalisation key — else 6A80;
 /// 4. the subject ID inside is the certified subject — else 6928.
+///
+/// Returns the opened request and the [`request_digest`] of the chip's request.
 fn open_attested_request(
     ctx: &Context<'_>,
     data: &[u8],
     expected: CardRole,
-) -> Result<KeyTransportRequest, Sw> {
+) -> Result<(KeyTransportRequest, [u8; 32]), Sw> {
     let req = PersonaliseRequest::decode(data).map_err(|e| e.sw())?;
     let anchor_der = ctx.get(K_CA).ok_or(sw::KEY_NOT_HELD)?;
     let anchor = CardCertificate::from_der(&anchor_der).map_err(internal)?;
@@ -460,7 +540,19 @@ fn open_attested_request(
         opened.transport_key.zeroize();
         return Err(sw::SUBJECT_MISMATCH);
     }
-    Ok(opened)
+    Ok((opened, request_digest(&req.request)))
+}
+
+/// Whether the key request with `digest` may be served for the ID recorded under
+/// `key`: no record yet (first request), or a record of this very request (its answer
+/// was lost: the same blob again). A record of another request (or a legacy record
+/// without digest) refuses with `refusal`.
+fn may_serve(ctx: &Context<'_>, key: &[u8], digest: &[u8; 32], refusal: Sw) -> Result<bool, Sw> {
+    match ctx.get(key) {
+        None => Ok(true),
+        Some(d) if tessera_crypto::ct_eq(&d, digest) => Ok(false),
+        Some(_) => Err(refusal),
+    }
 }
 
 fn seal(
@@ -475,10 +567,12 @@ fn seal(
 }
 
 /// Apply the ceilings to a new authorisation of `amount` at `terminal_time`; returns the
-/// state with the day total and the time high-water mark updated. The day never goes
-/// back: a time earlier than the current day counts in the current day. A time more than
-/// [`wire::MAX_TIME_STEP`] ahead of the latest accepted time is refused (692A): the SAM
-/// has no clock, so this bounds how far a lying host can move the day per authorisation.
+/// state with the period total and the time high-water mark updated. The period never
+/// goes back: a time earlier than the current period's day counts in the current period.
+/// A later day opens a new period (total 0) only when the current one has seen a
+/// settlement (`period_settled`: an issuer-MACed ACK JOURNAL that dropped entries), or its
+/// total is 0 (nothing to forget): the host's time alone cannot reset the total. A time
+/// more than [`wire::MAX_TIME_STEP`] ahead of the latest accepted time is refused (692A).
 fn ceilings(cfg: &Config, st: &State, amount: u32, terminal_time: u32) -> Result<State, Sw> {
     if st.time_hwm != 0 && terminal_time > st.time_hwm.saturating_add(wire::MAX_TIME_STEP) {
         return Err(sw::TIME_OUT_OF_RANGE);
@@ -487,10 +581,11 @@ fn ceilings(cfg: &Config, st: &State, amount: u32, terminal_time: u32) -> Result
         return Err(sw::CEILING_EXCEEDED);
     }
     let today = terminal_time / SECONDS_PER_DAY;
-    let (day, total) = if today > st.day {
-        (today, 0)
+    let new_period = today > st.day && (st.period_settled || st.day_total == 0);
+    let (day, total, period_settled) = if new_period {
+        (today, 0, false)
     } else {
-        (st.day, st.day_total)
+        (st.day, st.day_total, st.period_settled)
     };
     let new_total = total.checked_add(amount);
     let day_total = match new_total {
@@ -501,9 +596,76 @@ fn ceilings(cfg: &Config, st: &State, amount: u32, terminal_time: u32) -> Result
     Ok(State {
         day,
         day_total,
+        period_settled,
         time_hwm: st.time_hwm.max(terminal_time),
         ..*st
     })
+}
+
+/// What a new (not frozen) batch shows.
+struct Pick {
+    /// Every entry shown, ascending.
+    seqs: Vec<u32>,
+    /// Those shown CONFIRMED / VOID.
+    final_seqs: Vec<u32>,
+    /// Every PENDING entry up to here is shown by this batch or was reported before.
+    pending_upto: u32,
+}
+
+/// Choose a new batch: the oldest `max_final` CONFIRMED / VOID entries, and the PENDING
+/// entries among them (and up to the last one) not yet reported in an acknowledged batch
+/// (seq > `reported`), at most [`wire::EXPORT_PENDING_MAX`], oldest first. PENDING
+/// entries never hold final ones back: the issuer keeps every sequence number a batch
+/// passes without showing it final in its `open` list (see [`Settled`]), so a PENDING
+/// entry is settled later, whenever a batch shows it final.
+fn pick_batch(ctx: &Context<'_>, st: &State, max_final: usize) -> Result<Pick, Sw> {
+    const CHUNK: usize = 256;
+    let mut pick = Pick {
+        seqs: Vec::new(),
+        final_seqs: Vec::new(),
+        pending_upto: st.reported,
+    };
+    if st.journal_count == 0 || max_final == 0 {
+        return Ok(pick);
+    }
+    let mut pending_shown = 0usize;
+    let mut capped = false;
+    let mut from = st.oldest_seq;
+    loop {
+        let chunk = journal_seqs(ctx, from, st.sam_txn, CHUNK);
+        let Some(&last) = chunk.last() else {
+            break;
+        };
+        for seq in chunk {
+            if pick.final_seqs.len() >= max_final {
+                return Ok(pick);
+            }
+            let r = journal_get(ctx, seq)?.ok_or(Sw::UNKNOWN)?;
+            if r.status != status::PENDING {
+                pick.final_seqs.push(seq);
+                pick.seqs.push(seq);
+            } else if seq > st.reported {
+                if pending_shown < wire::EXPORT_PENDING_MAX {
+                    pending_shown += 1;
+                    pick.seqs.push(seq);
+                } else {
+                    // Shown by a later batch.
+                    capped = true;
+                }
+            }
+            if !capped {
+                pick.pending_upto = pick.pending_upto.max(seq);
+            }
+        }
+        match last.checked_add(1) {
+            Some(next) if next <= st.sam_txn => from = next,
+            _ => break,
+        }
+    }
+    if !capped {
+        pick.pending_upto = pick.pending_upto.max(st.sam_txn);
+    }
+    Ok(pick)
 }
 
 /// Sequence numbers of the entries held up to `to`, oldest first, at most `max`.
@@ -743,7 +905,7 @@ impl Sam {
         if target_role != role::TERMINAL {
             return Err(Sw::WRONG_DATA);
         }
-        let mut req = open_attested_request(ctx, request, CardRole::Sam)?;
+        let (mut req, digest) = open_attested_request(ctx, request, CardRole::Sam)?;
         let Ok(target) = <[u8; 4]>::try_from(req.subject_id.as_slice()) else {
             req.transport_key.zeroize();
             return Err(Sw::WRONG_DATA);
@@ -752,6 +914,13 @@ impl Sam {
             req.transport_key.zeroize();
             return Err(Sw::WRONG_DATA);
         }
+        let first = match may_serve(ctx, &t_key(&target), &digest, sw::SAM_ID_ALREADY_KEYED) {
+            Ok(first) => first,
+            Err(e) => {
+                req.transport_key.zeroize();
+                return Err(e);
+            }
+        };
         let k_journal = derive_journal_key(&m_journal.key, &target)?;
         let entries = vec![
             m_debit.entry.clone(),
@@ -762,11 +931,17 @@ impl Sam {
                 master: false,
             },
         ];
-        seal(
+        let out = seal(
             &mut req,
             entries,
             &[Zeroizing::new(*m_debit.key), k_journal],
-        )
+        )?;
+        // Sealing is deterministic (KT, nonce, keys): the same request again gets the same
+        // blob, so only the first answer writes the record.
+        if first {
+            ctx.put(&t_key(&target), &digest)?;
+        }
+        Ok(out)
     }
 
     fn personalise_purse(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
@@ -777,15 +952,18 @@ impl Sam {
         if cmd.data.is_empty() {
             return Err(Sw::WRONG_LENGTH);
         }
-        let mut req = open_attested_request(ctx, &cmd.data, CardRole::Purse)?;
+        let (mut req, digest) = open_attested_request(ctx, &cmd.data, CardRole::Purse)?;
         let Ok(purse) = <PurseId>::try_from(req.subject_id.as_slice()) else {
             req.transport_key.zeroize();
             return Err(Sw::WRONG_DATA);
         };
-        if ctx.get(&p_key(&purse)).is_some() {
-            req.transport_key.zeroize();
-            return Err(sw::ALREADY_PERSONALISED);
-        }
+        let first = match may_serve(ctx, &p_key(&purse), &digest, sw::ALREADY_PERSONALISED) {
+            Ok(first) => first,
+            Err(e) => {
+                req.transport_key.zeroize();
+                return Err(e);
+            }
+        };
         let k_load = card_key(&m_load.key, &purse, usage::LOAD).map_err(internal)?;
         let k_debit = card_key(&m_debit.key, &purse, usage::DEBIT).map_err(internal)?;
         let entries = vec![
@@ -803,7 +981,9 @@ impl Sam {
             },
         ];
         let out = seal(&mut req, entries, &[k_load, k_debit])?;
-        ctx.put(&p_key(&purse), &[1])?;
+        if first {
+            ctx.put(&p_key(&purse), &digest)?;
+        }
         Ok(out)
     }
 
@@ -1197,7 +1377,7 @@ impl Sam {
         // A batch that showed a final entry and is not acknowledged yet: answer it again,
         // identical (the issuer may have verified it and its ack been lost).
         if let Some(pending) = ctx.load::<PendingExport>(K_PENDING_EXPORT)? {
-            let last = ctx.load::<LastExport>(K_EXPORT)?.ok_or(Sw::UNKNOWN)?;
+            let last = last_export(ctx)?.ok_or(Sw::UNKNOWN)?;
             let mut entries = Vec::with_capacity(pending.seqs.len());
             for &seq in &pending.seqs {
                 let r = journal_get(ctx, seq)?.ok_or(Sw::UNKNOWN)?;
@@ -1222,17 +1402,12 @@ impl Sam {
             return Ok(batch.encode());
         }
         let st = state(ctx)?;
-        let mut entries = Vec::new();
-        let mut seqs = Vec::new();
-        let mut final_seqs = Vec::new();
-        for seq in held_seqs(ctx, &st, st.sam_txn, max) {
-            let r = journal_get(ctx, seq)?.ok_or(Sw::UNKNOWN)?;
-            if r.status != status::PENDING {
-                final_seqs.push(seq);
-            }
-            seqs.push(seq);
-            entries.push(r.entry());
+        let pick = pick_batch(ctx, &st, max.min(wire::EXPORT_FINAL_MAX))?;
+        let mut entries = Vec::with_capacity(pick.seqs.len());
+        for &seq in &pick.seqs {
+            entries.push(journal_get(ctx, seq)?.ok_or(Sw::UNKNOWN)?.entry());
         }
+        let (seqs, final_seqs) = (pick.seqs, pick.final_seqs);
         let mut batch = JournalBatch {
             sam_id: cfg.sam_id,
             entries,
@@ -1248,6 +1423,7 @@ impl Sam {
                 batch_mac: batch.mac,
                 last_seq: batch.last_seq(),
                 final_seqs,
+                pending_upto: pick.pending_upto,
             },
         )?;
         Ok(batch.encode())
@@ -1274,8 +1450,7 @@ impl Sam {
         // Only the last exported batch can be acknowledged: an ack of an earlier batch
         // (a later one was exported since, perhaps lost) is refused, so no entry is
         // dropped on the strength of a batch that showed it otherwise than now.
-        let last = ctx
-            .load::<LastExport>(K_EXPORT)?
+        let last = last_export(ctx)?
             .filter(|x| {
                 tessera_crypto::ct_eq(&x.batch_mac, &ack.batch_mac) && x.last_seq == ack.last_seq
             })
@@ -1283,7 +1458,16 @@ impl Sam {
         let mut st = state(ctx)?;
         // Entries shown CONFIRMED or VOID never change again; those already dropped (an
         // ack sent twice) are skipped.
+        let before = st.journal_count;
         drop_entries(ctx, &mut st, &last.final_seqs)?;
+        // A settlement happened (the issuer verified final entries and this ack dropped
+        // them, which an ack sent again never does): a later day may open a new ceiling
+        // period.
+        if st.journal_count < before {
+            st.period_settled = true;
+        }
+        // The PENDING entries the batch showed are known to the issuer now.
+        st.reported = st.reported.max(last.pending_upto);
         // The batch is acknowledged: the next EXPORT JOURNAL makes a new one.
         ctx.delete(K_PENDING_EXPORT);
         ctx.save(K_STATE, &st)?;
@@ -1338,14 +1522,33 @@ impl Sam {
         if !fresh {
             return Err(sw::ALREADY_SETTLED);
         }
+        // Entries of `open` shown final are settled now.
+        let old_hwm = rec.hwm;
         for e in &batch.entries {
-            let pos = rec.open.binary_search(&e.seq);
-            match (e.status == status::PENDING, pos) {
-                (true, Err(at)) => rec.open.insert(at, e.seq),
-                (false, Ok(at)) => {
-                    rec.open.remove(at);
-                }
-                _ => {}
+            if e.seq <= old_hwm
+                && e.status != status::PENDING
+                && let Ok(at) = rec.open.binary_search(&e.seq)
+            {
+                rec.open.remove(at);
+            }
+        }
+        // Every sequence number the batch passes beyond `hwm` without showing it final
+        // joins `open`, shown PENDING or not shown at all: no ack has dropped it (an ack
+        // drops only entries a batch verified here showed final, all <= `hwm`), so the SAM
+        // still holds it PENDING and a later batch settles it. `open` stays ascending
+        // (every element <= the old `hwm`).
+        let mut new_finals: Vec<u32> = batch
+            .entries
+            .iter()
+            .filter(|e| e.seq > old_hwm && e.status != status::PENDING)
+            .map(|e| e.seq)
+            .collect();
+        new_finals.sort_unstable();
+        let mut seq = old_hwm;
+        while seq < last_seq {
+            seq += 1;
+            if new_finals.binary_search(&seq).is_err() {
+                rec.open.push(seq);
             }
         }
         rec.hwm = rec.hwm.max(last_seq);

@@ -45,10 +45,12 @@ pub mod ins {
     /// RESOLVE a pending authorisation with the purse's GET TRANSACTION STATUS answer
     /// (made for the challenge of the last BEGIN RESOLVE).
     pub const RESOLVE: u8 = 0x3E;
-    /// EXPORT JOURNAL: P1 = maximum entries (1-255; 00 = 64) → JournalBatch. While the
-    /// last batch that showed a final entry is not acknowledged, that same batch again.
-    /// P2 = 01 (peek): the entries as they are now, MAC all zero (not verifiable), nothing
-    /// recorded.
+    /// EXPORT JOURNAL: P1 = maximum CONFIRMED / VOID entries (1-255, at most
+    /// [`super::EXPORT_FINAL_MAX`] taken; 00 = 64) → JournalBatch, plus at most
+    /// [`super::EXPORT_PENDING_MAX`] PENDING entries not yet shown in an acknowledged batch.
+    /// While the last batch that showed a final entry is not acknowledged, that same batch
+    /// again. P2 = 01 (peek): the oldest P1 entries of any status as they are now, MAC all
+    /// zero (not verifiable), nothing recorded.
     pub const EXPORT_JOURNAL: u8 = 0x40;
     /// ACK JOURNAL: data = JournalAck of the last exported batch; drops the entries that
     /// batch showed CONFIRMED or VOID.
@@ -92,11 +94,23 @@ pub mod sw {
     /// (a replayed or stale batch), and it is not the last batch verified for that SAM
     /// (whose acknowledgement is re-issued).
     pub const ALREADY_SETTLED: Sw = Sw(0x692B);
+    /// EXPORT SAM KEYS: this issuer SAM already exported keys for that SAM ID, for another
+    /// key request (an identical request again gets the identical key blob again). Two
+    /// SAMs with one ID would number their journals alike and collide at settlement.
+    pub const SAM_ID_ALREADY_KEYED: Sw = Sw(0x692C);
 }
 
 /// The largest step, in seconds, by which an authorisation's `terminal_time` may be ahead
 /// of the latest time the SAM has accepted (7 days); see docs/applets/sam.md, *Ceilings*.
 pub const MAX_TIME_STEP: u32 = 7 * 86_400;
+
+/// EXPORT JOURNAL: the most CONFIRMED / VOID entries one batch shows (a larger P1 is
+/// taken as this).
+pub const EXPORT_FINAL_MAX: usize = 128;
+/// EXPORT JOURNAL: the most PENDING entries one batch shows (those not yet shown in an
+/// acknowledged batch, oldest first). With [`EXPORT_FINAL_MAX`], a batch holds at most 192
+/// entries: 8 078 bytes.
+pub const EXPORT_PENDING_MAX: usize = 64;
 
 /// SAM roles.
 pub mod role {
@@ -141,7 +155,8 @@ pub struct SamInstall {
     pub pin: Vec<u8>,
     /// 0: no ceiling.
     pub max_per_load: u32,
-    /// 0: no ceiling. Days are terminal_time / 86400 (UTC).
+    /// 0: no ceiling. Days are terminal_time / 86400 (UTC); the running total starts
+    /// again only on a later day after a settlement (docs/applets/sam.md, *Ceilings*).
     pub max_per_day: u32,
     pub journal_capacity: u16,
     pub issuer_perso_spki: Vec<u8>,

@@ -380,3 +380,85 @@ fn installation_checks_the_trust_anchor() {
     );
     assert!(install(w::role::TERMINAL, ca).is_err());
 }
+
+/// A lost PERSONALISE PURSE answer does not burn the purse ID: the identical request gets
+/// the identical key blob again (at another host time too), which the purse accepts. A
+/// different request for that purse ID is refused (6925) and writes nothing.
+#[test]
+fn personalise_purse_answers_the_identical_request_again() {
+    let mut iss = issuer();
+    let opts = PurseOpts::id(0x61);
+    let mut p = blank_purse(&mut iss, &opts);
+    let cert = purse_cert(&mut p);
+    let ct = p.ok(pw::ins::INIT_PERSO, 0, 0, &[]);
+    let data = perso_request(&cert, &ct);
+    let blob = iss.ok(ins::PERSONALISE_PURSE, 0, 0, &data);
+    // The answer was lost: the same request again, the same blob.
+    assert_eq!(iss.ok(ins::PERSONALISE_PURSE, 0, 0, &data), blob);
+    let mut later = PersonaliseRequest::decode(&data).unwrap();
+    later.time += 3_600;
+    assert_eq!(iss.ok(ins::PERSONALISE_PURSE, 0, 0, &later.encode()), blob);
+    p.ok(pw::ins::PUT_KEYS, 0, 0, &blob);
+    // Another genuine chip request for the same purse ID (a new INIT PERSO): refused.
+    let mut twin = blank_purse(&mut iss, &opts);
+    let cert2 = purse_cert(&mut twin);
+    twin.ok(pw::ins::INIT_PERSO, 0, 0, &[]);
+    let ct2 = twin.ok(pw::ins::INIT_PERSO, 0, 0, &[]);
+    assert_ne!(ct2, ct);
+    refused(
+        &mut iss,
+        ins::PERSONALISE_PURSE,
+        &perso_request(&cert2, &ct2),
+        sw::ALREADY_PERSONALISED,
+        "another request for a personalised purse ID",
+    );
+    // The first request is still served identically.
+    assert_eq!(iss.ok(ins::PERSONALISE_PURSE, 0, 0, &data), blob);
+}
+
+/// EXPORT SAM KEYS serves one key request per SAM ID: the identical request again gets the
+/// identical blob (a lost answer), a different request for that SAM ID is refused with
+/// 692C, so two SAMs never share an ID (their journals would collide at settlement).
+#[test]
+fn export_sam_keys_serves_one_request_per_sam_id() {
+    let mut iss = issuer();
+    let opts = TerminalOpts {
+        sam_id: [0, 0, 0, 0x61],
+        ..TerminalOpts::default()
+    };
+    let mut t = blank_terminal(&mut iss, &opts);
+    let cert = sam_cert(&mut t);
+    let ct = t.ok(ins::INIT_KEY_IMPORT, 0, 0, &[]);
+    let data = export_request(&cert, &ct);
+    let blob = iss.ok(ins::EXPORT_SAM_KEYS, 0, 0, &data);
+    assert_eq!(iss.ok(ins::EXPORT_SAM_KEYS, 0, 0, &data), blob);
+    t.ok(ins::IMPORT_KEYS, 0, 0, &blob);
+    // A second SAM with that ID (another key request): refused, nothing written.
+    let mut twin = blank_terminal(&mut iss, &opts);
+    let cert2 = sam_cert(&mut twin);
+    twin.ok(ins::INIT_KEY_IMPORT, 0, 0, &[]);
+    let ct2 = twin.ok(ins::INIT_KEY_IMPORT, 0, 0, &[]);
+    assert_ne!(ct2, ct);
+    refused(
+        &mut iss,
+        ins::EXPORT_SAM_KEYS,
+        &export_request(&cert2, &ct2),
+        sw::SAM_ID_ALREADY_KEYED,
+        "another request for a keyed SAM ID",
+    );
+    assert_eq!(sw::SAM_ID_ALREADY_KEYED, Sw(0x692C));
+    assert_eq!(iss.ok(ins::EXPORT_SAM_KEYS, 0, 0, &data), blob);
+    // Another SAM ID is served.
+    let other = terminal(
+        &mut iss,
+        TerminalOpts {
+            sam_id: [0, 0, 0, 0x62],
+            ..TerminalOpts::default()
+        },
+    );
+    assert_eq!(sam_data_of(other).keys.len(), 2);
+}
+
+fn sam_data_of(mut t: Chip) -> w::SamData {
+    sam_data(&mut t)
+}

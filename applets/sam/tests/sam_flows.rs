@@ -195,7 +195,7 @@ fn ceilings_per_transaction_and_per_day() {
         Some(sw::CEILING_EXCEEDED)
     );
     let pp = prepare_purchase(&mut t, &mut p, 1_000, T0).unwrap();
-    p.ok(pw::ins::PURCHASE, 0, 0, &pp.msg.encode());
+    let r1 = pw::ValueReceipt::decode(&p.ok(pw::ins::PURCHASE, 0, 0, &pp.msg.encode())).unwrap();
     assert_eq!(
         prepare_purchase(&mut t, &mut p, 501, T0 + 60).err(),
         Some(sw::CEILING_EXCEEDED)
@@ -208,7 +208,26 @@ fn ceilings_per_transaction_and_per_day() {
         prepare_purchase(&mut t, &mut p, 1, T0 - DAY).err(),
         Some(sw::CEILING_EXCEEDED)
     );
-    // The next day starts from zero.
+    // The next day alone does not start a new period: no settlement since this one began.
+    assert_eq!(
+        prepare_purchase(&mut t, &mut p, 1, T0 + DAY).err(),
+        Some(sw::CEILING_EXCEEDED)
+    );
+    // Nothing final to settle yet (both entries PENDING): still the same period.
+    assert_eq!(settle(&mut t, &mut iss), 0);
+    assert_eq!(
+        prepare_purchase(&mut t, &mut p, 1, T0 + DAY).err(),
+        Some(sw::CEILING_EXCEEDED)
+    );
+    // A settlement (the first purchase confirmed, exported, verified, acknowledged): the
+    // next day starts from zero.
+    t.ok(
+        ins::CONFIRM_PURCHASE,
+        0,
+        0,
+        &confirm_data(pp.purse_id, pp.msg.sam_txn, 1_000, &r1),
+    );
+    assert_eq!(settle(&mut t, &mut iss), 1);
     let pp = prepare_purchase(&mut t, &mut p, 1_000, T0 + DAY).unwrap();
     p.ok(pw::ins::PURCHASE, 0, 0, &pp.msg.encode());
     let d = sam_data(&mut t);
@@ -372,6 +391,182 @@ fn export(sam: &mut Chip, max: u8) -> w::JournalBatch {
     w::JournalBatch::decode(&sam.ok(ins::EXPORT_JOURNAL, max, 0, &[])).unwrap()
 }
 
+/// The host's settle loop by APDUs: export, verify at the issuer and acknowledge while a
+/// batch shows a final entry; returns the number of entries settled.
+fn settle(sam: &mut Chip, iss: &mut Chip) -> usize {
+    settle_entries(sam, iss).len()
+}
+
+/// As [`settle`]; returns the entries settled (shown final in an acknowledged batch).
+fn settle_entries(sam: &mut Chip, iss: &mut Chip) -> Vec<w::JournalEntry> {
+    let mut settled = Vec::new();
+    loop {
+        let raw = sam.ok(ins::EXPORT_JOURNAL, 0, 0, &[]);
+        assert!(raw.len() < 8 * 1024, "batch of {} bytes", raw.len());
+        let b = w::JournalBatch::decode(&raw).unwrap();
+        let finals: Vec<w::JournalEntry> = b
+            .entries
+            .iter()
+            .filter(|e| e.status != status::PENDING)
+            .cloned()
+            .collect();
+        if finals.is_empty() {
+            return settled;
+        }
+        let ack = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b.encode());
+        sam.ok(ins::ACK_JOURNAL, 0, 0, &ack);
+        settled.extend(finals);
+    }
+}
+
+/// `abandoned` purchase authorisations that never complete (card pulled; one of them was
+/// applied by the purse, its answer lost), then 150 confirmed purchases: the settle loop
+/// (P1 = 64) settles every confirmed one exactly once, in batches under 8 KB; the PENDING
+/// entries stay; the one resolved later is settled by a later batch, once.
+fn abandoned_payments_do_not_stall_settlement(abandoned: usize) {
+    let mut iss = issuer();
+    let mut t = terminal(&mut iss, TerminalOpts::default());
+    let mut p = purse(
+        &mut iss,
+        &PurseOpts {
+            pin_threshold: u32::MAX,
+            ..PurseOpts::default()
+        },
+    );
+    load(&mut iss, &mut p, 10_000);
+    // Applied by the purse, the answer lost: PENDING until confirmed.
+    let lost = prepare_purchase(&mut t, &mut p, 7, T0).unwrap();
+    let receipt =
+        pw::ValueReceipt::decode(&p.ok(pw::ins::PURCHASE, 0, 0, &lost.msg.encode())).unwrap();
+    for _ in 1..abandoned {
+        prepare_purchase(&mut t, &mut p, 1, T0).unwrap();
+    }
+    let mut confirmed = Vec::new();
+    for _ in 0..150 {
+        purchase(&mut t, &mut p, 2, None).unwrap();
+        confirmed.push(sam_data(&mut t).sam_txn);
+    }
+    let settled = settle_entries(&mut t, &mut iss);
+    let mut seqs: Vec<u32> = settled.iter().map(|e| e.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs, confirmed,
+        "every confirmed payment settled exactly once"
+    );
+    assert!(
+        settled
+            .iter()
+            .all(|e| e.status == status::CONFIRMED && e.amount == 2)
+    );
+    let d = sam_data(&mut t);
+    let n = u16::try_from(abandoned).unwrap();
+    assert_eq!((d.journal_count, d.pending_count), (n, n));
+    // Nothing left to settle.
+    assert!(settle_entries(&mut t, &mut iss).is_empty());
+    // The lost purchase is resolved later (its receipt confirmed): a later batch settles it.
+    t.ok(
+        ins::CONFIRM_PURCHASE,
+        0,
+        0,
+        &confirm_data(lost.purse_id, lost.msg.sam_txn, 7, &receipt),
+    );
+    let later = settle_entries(&mut t, &mut iss);
+    assert_eq!(
+        later.iter().map(|e| (e.seq, e.status)).collect::<Vec<_>>(),
+        vec![(lost.msg.sam_txn, status::CONFIRMED)]
+    );
+    assert!(settle_entries(&mut t, &mut iss).is_empty());
+    let d = sam_data(&mut t);
+    assert_eq!((d.journal_count, d.pending_count), (n - 1, n - 1));
+    // Every PENDING entry was shown to the issuer at least once (the back end sees it),
+    // and none is shown again once reported: the next batch is empty.
+    assert!(export(&mut t, 0).entries.is_empty());
+}
+
+#[test]
+fn settlement_does_not_stall_behind_64_abandoned_payments() {
+    abandoned_payments_do_not_stall_settlement(64);
+}
+
+#[test]
+fn settlement_does_not_stall_behind_100_abandoned_payments() {
+    abandoned_payments_do_not_stall_settlement(100);
+}
+
+/// The issuer keeps every sequence number a batch passes without showing it final open:
+/// PENDING entries beyond the per-batch cap, not shown by the first batch, are shown and
+/// settled later, each once; a batch replayed is refused.
+#[test]
+fn pending_entries_beyond_the_cap_are_shown_by_later_batches() {
+    let mut iss = issuer();
+    let mut t = terminal(&mut iss, TerminalOpts::default());
+    let mut p = purse(&mut iss, &PurseOpts::default());
+    load(&mut iss, &mut p, 10_000);
+    for _ in 0..100 {
+        prepare_purchase(&mut t, &mut p, 1, T0).unwrap();
+    }
+    purchase(&mut t, &mut p, 3, None).unwrap();
+    let b1 = export(&mut t, 0);
+    let pend: Vec<u32> = b1
+        .entries
+        .iter()
+        .filter(|e| e.status == status::PENDING)
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(pend, (1..=64).collect::<Vec<u32>>());
+    assert_eq!(
+        b1.entries.last().map(|e| (e.seq, e.status)),
+        Some((101, status::CONFIRMED))
+    );
+    let ack1 = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b1.encode());
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack1);
+    // The next batch shows the 36 not shown yet: nothing new for the issuer (already
+    // open), so it is refused and they are shown again with the next settlement.
+    let b2 = export(&mut t, 0);
+    assert_eq!(
+        b2.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (65..=100).collect::<Vec<u32>>()
+    );
+    assert_eq!(
+        iss.sw(ins::VERIFY_JOURNAL, 0, 0, &b2.encode()),
+        sw::ALREADY_SETTLED
+    );
+    purchase(&mut t, &mut p, 4, None).unwrap();
+    let b3 = export(&mut t, 0);
+    let mut want: Vec<u32> = (65..=100).collect();
+    want.push(102);
+    assert_eq!(b3.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), want);
+    let ack3 = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b3.encode());
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack3);
+    assert!(export(&mut t, 0).entries.is_empty());
+    // b3 again: its ack again (the last batch verified); b1 again: refused.
+    assert_eq!(iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b3.encode()), ack3);
+    assert_eq!(
+        iss.sw(ins::VERIFY_JOURNAL, 0, 0, &b1.encode()),
+        sw::ALREADY_SETTLED
+    );
+    // Entry 80 (passed over by b1, shown PENDING by b3) resolved: settled once.
+    let pid = purse_data(&mut p).purse_id;
+    let st = txn_status(&mut t, &mut p, pw::usage::DEBIT, [0, 0, 0, 0x10], 80);
+    let r = resolve(&mut t, pid, 80, pw::usage::DEBIT, st);
+    assert_eq!(r.data, vec![status::VOID]);
+    let b4 = export(&mut t, 0);
+    assert_eq!(
+        b4.entries
+            .iter()
+            .map(|e| (e.seq, e.status))
+            .collect::<Vec<_>>(),
+        vec![(80, status::VOID)]
+    );
+    let ack4 = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b4.encode());
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack4);
+    assert_eq!(sam_data(&mut t).journal_count, 99);
+    assert_eq!(
+        iss.sw(ins::VERIFY_JOURNAL, 0, 0, &b3.encode()),
+        sw::ALREADY_SETTLED
+    );
+}
+
 #[test]
 fn journal_full_then_settled() {
     let mut iss = issuer();
@@ -406,10 +601,23 @@ fn journal_full_then_settled() {
         Some(sw::JOURNAL_FULL)
     );
 
-    // Export while PENDING: the issuer already saw that entry PENDING, the batch shows it
-    // nothing new to settle. Then the entry is resolved (the purse never saw it).
+    // Export while PENDING: the entry the issuer already saw PENDING (in an acknowledged
+    // batch) is not shown again, the new one is; once that batch is acknowledged too, the
+    // next batch is empty: nothing new to settle. Then the first entry is resolved (the
+    // purse never saw it).
+    let b = export(&mut t, 1);
+    assert_eq!(
+        b.entries
+            .iter()
+            .map(|e| (e.seq, e.status))
+            .collect::<Vec<_>>(),
+        vec![(3, status::PENDING)]
+    );
+    let ack = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b.encode());
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack);
+    assert_eq!(sam_data(&mut t).journal_count, 2);
     let stale = export(&mut t, 1);
-    assert_eq!(stale.entries[0].status, status::PENDING);
+    assert!(stale.entries.is_empty());
     assert_eq!(
         iss.sw(ins::VERIFY_JOURNAL, 0, 0, &stale.encode()),
         sw::ALREADY_SETTLED
@@ -583,7 +791,8 @@ fn tearing_during_authorize_load_keeps_txn_and_journal_together() {
 
 /// The journal counts of GET SAM DATA (kept in the state record, never recounted) follow
 /// every AUTHORIZE, CONFIRM, EXPORT and ACK, across buckets of 256 sequence numbers and a
-/// power cycle; the oldest entry (kept PENDING) stays first in every export.
+/// power cycle; the oldest entry (kept PENDING) is shown by the first batch, then (reported
+/// to the issuer in an acknowledged batch) no longer holds the later ones back.
 #[test]
 fn journal_counts_follow_every_change() {
     let mut iss = issuer();
@@ -600,14 +809,24 @@ fn journal_counts_follow_every_change() {
     let mut acked = 0;
     loop {
         let b = export(&mut iss, 100);
-        assert_eq!(b.entries[0].seq, 1);
-        assert_eq!(b.entries[0].status, status::PENDING);
         let seqs: Vec<u32> = b.entries.iter().map(|e| e.seq).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
-        if b.entries.len() == 1 {
+        let finals = b
+            .entries
+            .iter()
+            .filter(|e| e.status != status::PENDING)
+            .count();
+        assert!(finals <= 100);
+        if acked == 0 {
+            assert_eq!((seqs[0], b.entries[0].status), (1, status::PENDING));
+            assert_eq!(b.entries.len(), 101);
+        } else {
+            assert_eq!(finals, b.entries.len(), "{seqs:?}");
+        }
+        if finals == 0 {
             break;
         }
-        acked += b.entries.len() - 1;
+        acked += finals;
         let ack = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b.encode());
         iss.ok(ins::ACK_JOURNAL, 0, 0, &ack);
         let d = sam_data(&mut iss);
@@ -619,11 +838,17 @@ fn journal_counts_follow_every_change() {
     unlock(&mut iss);
     let d = sam_data(&mut iss);
     assert_eq!((d.journal_count, d.pending_count), (1, 1));
-    // New entries after a long gap of dropped sequence numbers come after the old one.
+    // New entries after a long gap of dropped sequence numbers; the old PENDING entry,
+    // known to the issuer, is not shown again (peek shows it, of any status).
     load(&mut iss, &mut p, 1);
     let b = export(&mut iss, 0);
     assert_eq!(
         b.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![302]
+    );
+    let peek = w::JournalBatch::decode(&iss.ok(ins::EXPORT_JOURNAL, 0, 1, &[])).unwrap();
+    assert_eq!(
+        peek.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![1, 302]
     );
 }
@@ -837,7 +1062,7 @@ fn terminal_time_far_ahead_is_refused() {
     );
     load(&mut iss, &mut p, 10_000);
     let pp = prepare_purchase(&mut t, &mut p, 1_000, T0).unwrap();
-    p.ok(pw::ins::PURCHASE, 0, 0, &pp.msg.encode());
+    let r1 = pw::ValueReceipt::decode(&p.ok(pw::ins::PURCHASE, 0, 0, &pp.msg.encode())).unwrap();
     let before = sam_data(&mut t);
     // Far future: refused, nothing journalled, the day unchanged.
     for ahead in [w::MAX_TIME_STEP + 1, 365 * DAY, u32::MAX - T0] {
@@ -852,7 +1077,15 @@ fn terminal_time_far_ahead_is_refused() {
         (d.sam_txn, d.day, d.day_total),
         (before.sam_txn, before.day, before.day_total)
     );
-    // Exactly the bound: accepted, a new day; the next step is bounded from there.
+    // Settled, so a later day may open a new period. Exactly the bound: accepted, a new
+    // day; the next step is bounded from there.
+    t.ok(
+        ins::CONFIRM_PURCHASE,
+        0,
+        0,
+        &confirm_data(pp.purse_id, pp.msg.sam_txn, 1_000, &r1),
+    );
+    assert_eq!(settle(&mut t, &mut iss), 1);
     let pp = prepare_purchase(&mut t, &mut p, 1_000, T0 + w::MAX_TIME_STEP).unwrap();
     p.ok(pw::ins::PURCHASE, 0, 0, &pp.msg.encode());
     let d = sam_data(&mut t);
@@ -881,4 +1114,101 @@ fn terminal_time_far_ahead_is_refused() {
         iss.sw(ins::AUTHORIZE_LOAD, 0, 0, &req.encode()),
         sw::TIME_OUT_OF_RANGE
     );
+}
+
+/// A lying host steps its clock one day per authorisation to get a fresh daily total each
+/// time: the running total does not start again without a settlement (an issuer-MACed ACK
+/// JOURNAL that dropped entries) in the current period. 20 back-to-back authorisations:
+/// the first `max_per_day` worth accepted, every later one refused (6920; 692A once the
+/// step from the latest accepted time passes 7 days), until a settlement arrives; then a
+/// later day opens a new period.
+#[test]
+fn daily_ceiling_holds_against_a_host_stepping_its_clock() {
+    let mut iss = issuer();
+    let mut t = terminal(
+        &mut iss,
+        TerminalOpts {
+            max_per_day: 500,
+            ..TerminalOpts::default()
+        },
+    );
+    let mut p = purse(
+        &mut iss,
+        &PurseOpts {
+            pin_threshold: u32::MAX,
+            ..PurseOpts::default()
+        },
+    );
+    load(&mut iss, &mut p, 10_000);
+    let mut accepted = 0u32;
+    let mut latest = 0u32;
+    for i in 0..20u32 {
+        let time = T0 + i * DAY;
+        match purchase_at(&mut t, &mut p, 100, time) {
+            Ok(_) => {
+                accepted += 1;
+                latest = time;
+            }
+            Err(e) if time > latest + w::MAX_TIME_STEP => {
+                assert_eq!(e, sw::TIME_OUT_OF_RANGE, "step {i}")
+            }
+            Err(e) => assert_eq!(e, sw::CEILING_EXCEEDED, "step {i}"),
+        }
+    }
+    assert_eq!(accepted, 5, "max_per_day / amount");
+    let d = sam_data(&mut t);
+    assert_eq!((d.day, d.day_total), (T0 / DAY, 500));
+    // More host days without a settlement: still refused.
+    assert_eq!(
+        purchase_at(&mut t, &mut p, 100, latest + DAY).err(),
+        Some(sw::CEILING_EXCEEDED)
+    );
+    // The settlement: the five purchases verified by the issuer and acknowledged.
+    let b = export(&mut t, 0);
+    let ack = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b.encode());
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack);
+    // The period's own day: the period goes on (a period lasts at least a host day).
+    assert_eq!(
+        purchase_at(&mut t, &mut p, 100, T0 + 60).err(),
+        Some(sw::CEILING_EXCEEDED)
+    );
+    // A later day: a new period, again at most max_per_day.
+    for k in 0..5 {
+        purchase_at(&mut t, &mut p, 100, latest + DAY + k).unwrap();
+    }
+    let d = sam_data(&mut t);
+    assert_eq!((d.day, d.day_total), ((latest + DAY) / DAY, 500));
+    // The same ack again is accepted but drops nothing: no new settlement.
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack);
+    for step in 2..6 {
+        assert_eq!(
+            purchase_at(&mut t, &mut p, 100, latest + step * DAY).err(),
+            Some(sw::CEILING_EXCEEDED),
+            "day +{step}"
+        );
+    }
+    // Settled again: the next day opens a new period; the last ack sent once more after
+    // that does not open another one.
+    let b = export(&mut t, 0);
+    let ack = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b.encode());
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack);
+    purchase_at(&mut t, &mut p, 500, latest + 2 * DAY).unwrap();
+    t.ok(ins::ACK_JOURNAL, 0, 0, &ack);
+    assert_eq!(
+        purchase_at(&mut t, &mut p, 100, latest + 3 * DAY).err(),
+        Some(sw::CEILING_EXCEEDED)
+    );
+}
+
+/// A whole purchase at `time`: BEGIN, INIT, AUTHORIZE, PURCHASE, CONFIRM.
+fn purchase_at(t: &mut Chip, p: &mut Chip, amount: u32, time: u32) -> Result<(), Sw> {
+    let pp = prepare_purchase(t, p, amount, time)?;
+    let r = pw::ValueReceipt::decode(&p.ok(pw::ins::PURCHASE, 0, 0, &pp.msg.encode())).unwrap();
+    t.ok(
+        ins::CONFIRM_PURCHASE,
+        0,
+        0,
+        &confirm_data(pp.purse_id, pp.msg.sam_txn, amount, &r),
+    );
+    Ok(())
 }

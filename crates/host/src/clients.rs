@@ -129,6 +129,9 @@ pub fn sam_sw_meaning(sw: Sw) -> String {
         s if s == sw_::sw::ALREADY_SETTLED => {
             "journal batch already settled (replayed or stale batch)".into()
         }
+        s if s == sw_::sw::SAM_ID_ALREADY_KEYED => {
+            "this SAM ID already received keys (a different key request)".into()
+        }
         s if s == sw_::sw::NO_SESSION => {
             "no purchase session, or no resolve session for this transaction".into()
         }

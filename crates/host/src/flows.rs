@@ -249,7 +249,9 @@ fn sam_err(step: &'static str, e: ClientError) -> FlowError {
         s if s == sw_::sw::TIME_OUT_OF_RANGE => FlowError::TimeOutOfRange,
         s if s == sw_::sw::ALREADY_SETTLED => FlowError::AlreadySettled,
         s if s == sw_::sw::CARD_PROOF_INVALID => FlowError::CardProofInvalid,
-        s if s == sw_::sw::ALREADY_PERSONALISED => FlowError::AlreadyPersonalised,
+        s if s == sw_::sw::ALREADY_PERSONALISED || s == sw_::sw::SAM_ID_ALREADY_KEYED => {
+            FlowError::AlreadyPersonalised
+        }
         s if s == sw_::sw::CHIP_NOT_ATTESTED
             || s == sw_::sw::SUBJECT_MISMATCH
             || s == sw_::sw::ATTESTATION_INVALID =>
