@@ -146,7 +146,9 @@ pub enum FlowError {
     WrongCurrency,
     #[error("purse not personalised (or already personalised)")]
     NotPersonalised,
-    #[error("purse ID already personalised by this issuer SAM")]
+    #[error(
+        "purse ID or SAM ID already personalised by this issuer SAM (with a different key request)"
+    )]
     AlreadyPersonalised,
     /// The issuer SAM refused the chip's attestation (6927, 6928, 6929): no keys issued.
     #[error("chip attestation refused by the issuer SAM: {0}")]
