@@ -296,21 +296,7 @@ impl Purse {
 
     fn verify(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         cmd.expect_p1p2(0x00, PIN_ID)?;
-        if !Pin::exists(ctx, PIN_ID) {
-            return Err(Sw::REFERENCED_DATA_NOT_FOUND);
-        }
-        if cmd.data.is_empty() {
-            // Status query: no try is used.
-            if Pin::is_validated(ctx, PIN_ID) {
-                return Ok(Vec::new());
-            }
-            return match Pin::tries_remaining(ctx, PIN_ID) {
-                Some(0) => Err(Sw::AUTH_METHOD_BLOCKED),
-                Some(n) => Err(Sw::verify_failed(n)),
-                None => Err(Sw::REFERENCED_DATA_NOT_FOUND),
-            };
-        }
-        Pin::verify(ctx, PIN_ID, &cmd.data).map(|_| Vec::new())
+        Pin::verify_command(ctx, PIN_ID, &cmd.data).map(|_| Vec::new())
     }
 
     fn read_purse_data(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {

@@ -781,17 +781,7 @@ impl Sam {
 
     fn verify(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         cmd.expect_p1p2(0x00, PIN_ID)?;
-        if cmd.data.is_empty() {
-            if Pin::is_validated(ctx, PIN_ID) {
-                return Ok(Vec::new());
-            }
-            return match Pin::tries_remaining(ctx, PIN_ID) {
-                Some(0) => Err(Sw::AUTH_METHOD_BLOCKED),
-                Some(n) => Err(Sw::verify_failed(n)),
-                None => Err(Sw::REFERENCED_DATA_NOT_FOUND),
-            };
-        }
-        Pin::verify(ctx, PIN_ID, &cmd.data).map(|_| Vec::new())
+        Pin::verify_command(ctx, PIN_ID, &cmd.data).map(|_| Vec::new())
     }
 
     fn get_sam_data(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {

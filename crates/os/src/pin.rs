@@ -104,6 +104,27 @@ impl Pin {
         }
     }
 
+    /// The ISO/IEC 7816-4 VERIFY command on this PIN: with data, a verification as
+    /// [`Pin::verify`]; without data, a status query that uses no try: 9000 when the PIN
+    /// is already validated, 63Cx with the tries left otherwise, 6983 when blocked. 6A88
+    /// when there is no such PIN.
+    pub fn verify_command(ctx: &mut Context<'_>, id: u8, data: &[u8]) -> Result<(), Sw> {
+        if !Pin::exists(ctx, id) {
+            return Err(Sw::REFERENCED_DATA_NOT_FOUND);
+        }
+        if !data.is_empty() {
+            return Pin::verify(ctx, id, data);
+        }
+        if Pin::is_validated(ctx, id) {
+            return Ok(());
+        }
+        match Pin::tries_remaining(ctx, id) {
+            Some(0) => Err(Sw::AUTH_METHOD_BLOCKED),
+            Some(n) => Err(Sw::verify_failed(n)),
+            None => Err(Sw::REFERENCED_DATA_NOT_FOUND),
+        }
+    }
+
     /// Whether the PIN was verified since the last reset or deselect.
     pub fn is_validated(ctx: &Context<'_>, id: u8) -> bool {
         ctx.pin_validated(id)
