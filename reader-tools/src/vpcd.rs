@@ -170,6 +170,10 @@ pub fn serve_stream(
     stream.set_nodelay(true)?;
     quickack(&stream);
     stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    // A card is powered when the driver (re)connects. After a restart of `tessera serve`
+    // pcscd may still consider the card in this slot powered and send APDUs without a
+    // power-on first; the driver's own power events follow as usual.
+    r.power_on();
     let mut framer = Framer::new();
     let mut buf = vec![0u8; 70_000];
     loop {
@@ -328,7 +332,9 @@ mod tests {
         drop(c);
         let (end, events) = h.join().unwrap();
         assert_eq!(end, End::Closed);
-        assert_eq!(events, vec!["on", "80100000"]);
+        // The first "on" is the power-on at connection (the card is in the reader), the
+        // second is the driver's own power-on message.
+        assert_eq!(events, vec!["on", "on", "80100000"]);
         stop.store(true, Ordering::SeqCst);
     }
 }

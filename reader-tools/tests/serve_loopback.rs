@@ -344,3 +344,20 @@ fn failed_save_does_not_let_memory_run_ahead_of_disk() {
     send(&mut s, &[0x01]); // power on
     assert_eq!(apdu(&mut s, "00A4040007F054455353010100"), "6F00");
 }
+
+#[test]
+fn card_is_powered_when_the_driver_connects() {
+    // After a restart of serve, pcscd may still consider the card powered and send APDUs
+    // without a power-on message: the card must answer them.
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("card.tsr");
+    new_image(&image);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let _p = serve(&image, port);
+    let mut s = accept(&l);
+    assert_eq!(
+        apdu(&mut s, "00A4040007F054455353010100"),
+        "6F098407F05445535301019000"
+    );
+}
