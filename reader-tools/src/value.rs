@@ -334,6 +334,17 @@ fn flow_err(what: &str, e: FlowError) -> Box<dyn std::error::Error + Send + Sync
 
 /// Write a file atomically (temp file in the same directory, fsync, rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> CliResult {
+    write_file(path, bytes, false)
+}
+
+/// [`write_atomic`] for a private key: the file is readable by its owner only (mode 0600
+/// on Unix), set on the temporary file before the rename, so the key is never visible
+/// to others, not even for a moment.
+fn write_secret(path: &Path, bytes: &[u8]) -> CliResult {
+    write_file(path, bytes, true)
+}
+
+fn write_file(path: &Path, bytes: &[u8], secret: bool) -> CliResult {
     use std::io::Write;
     let dir = path
         .parent()
@@ -346,7 +357,16 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> CliResult {
         .into_owned();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let r = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if secret {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = secret;
+        let mut f = options.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -463,15 +483,7 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
     let key_der = root_key
         .to_pkcs8_der()
         .map_err(|e| format!("root CA key encoding: {e}"))?;
-    write_atomic(&dir.join(ROOT_KEY_FILE), &key_der)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(
-            dir.join(ROOT_KEY_FILE),
-            std::fs::Permissions::from_mode(0o600),
-        );
-    }
+    write_secret(&dir.join(ROOT_KEY_FILE), &key_der)?;
     write_atomic(&dir.join(ROOT_CERT_FILE), root_cert.to_der())?;
 
     // Chip manufacturer CA: certifies the attestation keys chips generate inside
@@ -482,15 +494,7 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
     let mkey = manufacturer
         .key_pkcs8_der()
         .map_err(|e| format!("chip manufacturer CA key encoding: {e}"))?;
-    write_atomic(&dir.join(MANUFACTURER_KEY_FILE), &mkey)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(
-            dir.join(MANUFACTURER_KEY_FILE),
-            std::fs::Permissions::from_mode(0o600),
-        );
-    }
+    write_secret(&dir.join(MANUFACTURER_KEY_FILE), &mkey)?;
     write_atomic(&dir.join(MANUFACTURER_CERT_FILE), manufacturer.cert_der())?;
 
     // Issuer SAM: keys generated inside it at installation.

@@ -727,16 +727,12 @@ impl Applet for Purse {
     }
 
     fn process(&mut self, ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        let cla = cmd.class()?.on_basic_channel();
         if cmd.ins == ins::VERIFY {
-            if cla != 0x00 && cla != CLA {
-                return Err(Sw::CLA_NOT_SUPPORTED);
-            }
+            // ISO VERIFY: interindustry CLA 00 or the applet's proprietary CLA.
+            cmd.expect_cla(&[0x00, CLA])?;
             return Purse::verify(ctx, cmd);
         }
-        if cla != CLA {
-            return Err(Sw::CLA_NOT_SUPPORTED);
-        }
+        cmd.expect_cla(&[CLA])?;
         match cmd.ins {
             ins::READ_PURSE_DATA => Purse::read_purse_data(ctx, cmd),
             ins::GET_BALANCE => Purse::get_balance(ctx, cmd),

@@ -1555,16 +1555,12 @@ impl Applet for Sam {
     }
 
     fn process(&mut self, ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
-        let cla = cmd.class()?.on_basic_channel();
         if cmd.ins == ins::VERIFY {
-            if cla != 0x00 && cla != CLA {
-                return Err(Sw::CLA_NOT_SUPPORTED);
-            }
+            // ISO VERIFY: interindustry CLA 00 or the applet's proprietary CLA.
+            cmd.expect_cla(&[0x00, CLA])?;
             return Sam::verify(ctx, cmd);
         }
-        if cla != CLA {
-            return Err(Sw::CLA_NOT_SUPPORTED);
-        }
+        cmd.expect_cla(&[CLA])?;
         if cmd.ins == ins::GET_SAM_DATA {
             return Sam::get_sam_data(ctx, cmd);
         }

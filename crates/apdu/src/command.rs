@@ -131,6 +131,17 @@ impl Command {
         }
     }
 
+    /// `Ok` when the class byte, taken on the basic channel (channel bits and chaining
+    /// cleared, as [`ClassByte::on_basic_channel`]), is one of `allowed`; 6E00 otherwise.
+    pub fn expect_cla(&self, allowed: &[u8]) -> Result<(), Sw> {
+        let cla = self.class()?.on_basic_channel();
+        if allowed.contains(&cla) {
+            Ok(())
+        } else {
+            Err(Sw::CLA_NOT_SUPPORTED)
+        }
+    }
+
     /// `Ok` when the command has no data field, 6700 (wrong length) otherwise.
     pub fn expect_no_data(&self) -> Result<(), Sw> {
         if self.data.is_empty() {
@@ -259,6 +270,25 @@ mod tests {
         assert_eq!((c.case(), c.data.clone()), (3, h("0102")));
         let c = Command::parse(&h("00DA000000000201020100")).unwrap();
         assert_eq!((c.case(), c.le), (4, Some(256)));
+    }
+
+    #[test]
+    fn handler_checks() {
+        let on = |cla: u8| Command::new(cla, 0x30, 0, 0);
+        // Proprietary CLA 80 on channels 0, 1 (first form) and 4 (further form).
+        assert_eq!(on(0x80).expect_cla(&[0x80]), Ok(()));
+        assert_eq!(on(0x81).expect_cla(&[0x80]), Ok(()));
+        assert_eq!(on(0xC0).expect_cla(&[0x80]), Ok(()));
+        assert_eq!(on(0x00).expect_cla(&[0x80]), Err(Sw::CLA_NOT_SUPPORTED));
+        assert_eq!(on(0x02).expect_cla(&[0x00, 0x80]), Ok(()));
+        assert_eq!(on(0x20).expect_cla(&[0x00]), Err(Sw::CLA_NOT_SUPPORTED));
+        assert_eq!(on(0x80).expect_p1p2(0, 0), Ok(()));
+        assert_eq!(on(0x80).expect_p1p2(0, 1), Err(Sw::INCORRECT_P1P2));
+        assert_eq!(on(0x80).expect_no_data(), Ok(()));
+        assert_eq!(
+            on(0x80).with_data(vec![1]).expect_no_data(),
+            Err(Sw::WRONG_LENGTH)
+        );
     }
 
     #[test]
