@@ -417,7 +417,7 @@ impl Scheme {
     }
     fn save(&self, dir: &Path) -> CliResult {
         let text = serde_json::to_string_pretty(self)?;
-        write_atomic(&dir.join(SCHEME_FILE), text.as_bytes())
+        write_secret(&dir.join(SCHEME_FILE), text.as_bytes())
     }
     fn issuer_path(&self, dir: &Path) -> PathBuf {
         dir.join(&self.issuer_sam)

@@ -184,7 +184,7 @@ pub(crate) fn save(card: &Card, path: &Path, cut_after: Option<usize>) -> Result
     let tmp = dir.join(format!(".{name}.tmp-{}-{seq}", std::process::id()));
     if let Some(k) = cut_after {
         // A crash after k bytes of the temporary file: the target is never touched.
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut f = create_private(&tmp).map_err(io(&tmp))?;
         f.write_all(bytes.get(..k.min(bytes.len())).unwrap_or(&[]))
             .map_err(io(&tmp))?;
         return Err(ImageError::Io {
@@ -193,7 +193,7 @@ pub(crate) fn save(card: &Card, path: &Path, cut_after: Option<usize>) -> Result
         });
     }
     let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = create_private(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()
     })();
@@ -212,6 +212,19 @@ pub(crate) fn save(card: &Card, path: &Path, cut_after: Option<usize>) -> Result
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Create a file readable and writable by its owner only (0600 on Unix). A card image is
+/// the chip's memory, keys included: in emulation the file is the tamper boundary.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
 }
 
 /// Open an image file.

@@ -216,3 +216,15 @@ fn many_cards_in_one_process_are_independent() {
     assert_eq!(b.transmit_hex("8016010000").unwrap().data, vec![0xEE]);
     let _ = INSTANCE_AID;
 }
+
+#[cfg(unix)]
+#[test]
+fn saved_images_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("card.img");
+    let card = tessera_os::diag::conformance_card();
+    card.save_image(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "image mode {mode:o}");
+}
