@@ -249,14 +249,26 @@ fn check_counter(cfg: &Config, val: &Value) -> Result<(), Sw> {
     Ok(())
 }
 
-/// Stage the new value record and the log record together: the OS commits both in one
-/// batch when the command succeeds, or neither.
-fn stage(ctx: &mut Context<'_>, cfg: &Config, new: Value, record: &LogRecord) -> Result<(), Sw> {
+/// Apply a value change described by its log record: the new value record (balance =
+/// `balance_after`, counter = the counter the transaction used + 1) and the log record are
+/// staged together, so the OS commits both in one batch when the command succeeds, or
+/// neither. Returns the receipt, which carries the same proof as the log record.
+fn apply(ctx: &mut Context<'_>, cfg: &Config, record: &LogRecord) -> Result<Vec<u8>, Sw> {
+    let new = Value {
+        balance: record.balance_after,
+        counter: record.counter.checked_add(1).ok_or(sw::COUNTER_EXHAUSTED)?,
+    };
     ctx.save(K_VAL, &new)?;
     ctx.put(
         &log_key(slot_of(record.counter, cfg.log_capacity)),
         &record.encode(),
-    )
+    )?;
+    Ok(ValueReceipt {
+        counter: record.counter,
+        balance_after: record.balance_after,
+        proof: record.proof,
+    }
+    .encode())
 }
 
 impl Purse {
@@ -519,12 +531,7 @@ impl Purse {
             terminal_time: msg.terminal_time,
             proof,
         };
-        let new = Value {
-            balance: balance_after,
-            counter: counter + 1,
-        };
-        stage(ctx, &cfg, new, &record)?;
-        Ok(receipt(&record))
+        apply(ctx, &cfg, &record)
     }
 
     fn init_purchase(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
@@ -648,12 +655,7 @@ impl Purse {
             terminal_time: msg.terminal_time,
             proof,
         };
-        let new = Value {
-            balance: balance_after,
-            counter: counter + 1,
-        };
-        stage(ctx, &cfg, new, &record)?;
-        Ok(receipt(&record))
+        apply(ctx, &cfg, &record)
     }
 
     fn get_txn_status(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
@@ -710,15 +712,6 @@ impl Purse {
             .map_err(crypto_err)?;
         Ok(status.encode())
     }
-}
-
-fn receipt(record: &LogRecord) -> Vec<u8> {
-    ValueReceipt {
-        counter: record.counter,
-        balance_after: record.balance_after,
-        proof: record.proof,
-    }
-    .encode()
 }
 
 impl Applet for Purse {
