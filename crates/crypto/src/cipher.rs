@@ -305,7 +305,7 @@ impl Engine {
 }
 
 macro_rules! mode_fns {
-    ($ctor:ident, $ecb_e:ident, $ecb_d:ident, $cbc_e:ident, $cbc_d:ident, $name:literal) => {
+    ($key:ty, $ctor:ident, $ecb_e:ident, $ecb_d:ident, $cbc_e:ident, $cbc_d:ident, $name:literal) => {
         #[doc = concat!($name, " ECB encryption of `data` after applying `padding`.")]
         pub fn $ecb_e(key: &[u8], data: &[u8], padding: Padding) -> Result<Vec<u8>, CryptoError> {
             Engine::$ctor(key)?.ecb_encrypt(data, padding)
@@ -332,10 +332,32 @@ macro_rules! mode_fns {
         ) -> Result<Vec<u8>, CryptoError> {
             Engine::$ctor(key)?.cbc_decrypt(iv, data, padding)
         }
+
+        impl $key {
+            #[doc = concat!("CBC-encrypt with this key (see [`", stringify!($cbc_e), "`]).")]
+            pub fn cbc_encrypt(
+                &self,
+                iv: &[u8],
+                data: &[u8],
+                padding: Padding,
+            ) -> Result<Vec<u8>, CryptoError> {
+                $cbc_e(self.as_bytes(), iv, data, padding)
+            }
+            #[doc = concat!("CBC-decrypt with this key (see [`", stringify!($cbc_d), "`]).")]
+            pub fn cbc_decrypt(
+                &self,
+                iv: &[u8],
+                data: &[u8],
+                padding: Padding,
+            ) -> Result<Vec<u8>, CryptoError> {
+                $cbc_d(self.as_bytes(), iv, data, padding)
+            }
+        }
     };
 }
 
 mode_fns!(
+    AesKey,
     aes,
     aes_ecb_encrypt,
     aes_ecb_decrypt,
@@ -344,6 +366,7 @@ mode_fns!(
     "AES-128/192/256 (key 16/24/32 bytes)"
 );
 mode_fns!(
+    DesKey,
     des,
     des_ecb_encrypt,
     des_ecb_decrypt,
@@ -352,6 +375,7 @@ mode_fns!(
     "Single DES (key 8 bytes)"
 );
 mode_fns!(
+    TdesKey,
     tdes,
     tdes_ecb_encrypt,
     tdes_ecb_decrypt,
@@ -359,48 +383,6 @@ mode_fns!(
     tdes_cbc_decrypt,
     "3DES EDE (key 16 or 24 bytes)"
 );
-
-impl AesKey {
-    /// CBC-encrypt with this key (see [`aes_cbc_encrypt`]).
-    pub fn cbc_encrypt(
-        &self,
-        iv: &[u8],
-        data: &[u8],
-        padding: Padding,
-    ) -> Result<Vec<u8>, CryptoError> {
-        aes_cbc_encrypt(&self.0, iv, data, padding)
-    }
-    /// CBC-decrypt with this key (see [`aes_cbc_decrypt`]).
-    pub fn cbc_decrypt(
-        &self,
-        iv: &[u8],
-        data: &[u8],
-        padding: Padding,
-    ) -> Result<Vec<u8>, CryptoError> {
-        aes_cbc_decrypt(&self.0, iv, data, padding)
-    }
-}
-
-impl TdesKey {
-    /// CBC-encrypt with this key (see [`tdes_cbc_encrypt`]).
-    pub fn cbc_encrypt(
-        &self,
-        iv: &[u8],
-        data: &[u8],
-        padding: Padding,
-    ) -> Result<Vec<u8>, CryptoError> {
-        tdes_cbc_encrypt(&self.0, iv, data, padding)
-    }
-    /// CBC-decrypt with this key (see [`tdes_cbc_decrypt`]).
-    pub fn cbc_decrypt(
-        &self,
-        iv: &[u8],
-        data: &[u8],
-        padding: Padding,
-    ) -> Result<Vec<u8>, CryptoError> {
-        tdes_cbc_decrypt(&self.0, iv, data, padding)
-    }
-}
 
 #[cfg(test)]
 mod tests {
