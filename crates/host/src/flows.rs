@@ -168,7 +168,7 @@ pub enum FlowError {
     #[error("not applied: the purse did not apply the transaction{}", if *.voided { " (SAM authorisation voided)" } else { "" })]
     NotApplied { voided: bool },
     /// A step failed for another reason.
-    #[error("{step}: {source}")]
+    #[error("{}", step_message(step, source))]
     Step {
         step: &'static str,
         #[source]
@@ -236,6 +236,17 @@ fn purse_err(step: &'static str, e: ClientError) -> FlowError {
             tries_left: (s.0 & 0x0F) as u8,
         },
         _ => FlowError::Step { step, source: e },
+    }
+}
+
+/// "STEP: error", unless the error already starts with the step's name (a card refusal
+/// names its command).
+fn step_message(step: &str, source: &ClientError) -> String {
+    let text = source.to_string();
+    if text.starts_with(step) {
+        text
+    } else {
+        format!("{step}: {text}")
     }
 }
 
