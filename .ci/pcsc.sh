@@ -24,11 +24,19 @@ R1="Virtual PCD 00 01"
 say() { printf '%s\n' "$*"; }
 ok() { PASS=$((PASS + 1)); say "ok   $1"; }
 bad() { FAIL=$((FAIL + 1)); say "FAIL $1 (log: $LOG)"; }
-# check NAME CMD...: run CMD, pass when it exits 0.
+# check NAME CMD...: run CMD, pass when it exits 0. On failure, the check's own output (at
+# most its last 40 lines) is printed too: CI keeps only what this script prints.
 check() {
     local name="$1"; shift
+    local from
     echo "=== $name: $*" >>"$LOG"
-    if "$@" >>"$LOG" 2>&1; then ok "$name"; else bad "$name"; fi
+    from=$(($(wc -l <"$LOG") + 1))
+    if "$@" >>"$LOG" 2>&1; then
+        ok "$name"
+    else
+        bad "$name"
+        tail -n "+$from" "$LOG" | tail -n 40 | sed 's/^/  | /'
+    fi
 }
 finish() {
     local pid
@@ -114,6 +122,37 @@ wait_card() {
     done
     return 1
 }
+# Wait until pcscd has seen the card leave a reader (after serve stopped). Without this, the
+# next wait_card can still see the previous card for a moment.
+wait_gone() {
+    local r="$1"
+    for _ in $(seq 1 100); do
+        opensc-tool -r "$r" -a >/dev/null 2>&1 || return 0
+        sleep 0.1
+    done
+    return 1
+}
+# Wait until SELECT of an AID (colon-separated hex) succeeds in a reader. pcscd reports a
+# new card (ATR) a moment before it accepts transactions on the new connection, so the
+# ATR alone does not mean the card is ready.
+wait_select() {
+    local r="$1" aid="$2" len
+    len=$(printf '%02X' $(( (${#aid} + 1) / 3 )))
+    wait_card "$r" || return 1
+    for _ in $(seq 1 100); do
+        opensc-tool -r "$r" -s "00:A4:04:00:$len:$aid:00" 2>/dev/null | grep -Eq "SW1=0x(90|61)" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+# Stop serve and wait until both readers are empty.
+stop_serve() {
+    kill -TERM "$SERVE_PID" && wait "$SERVE_PID" || return 1
+    wait_gone "$R0" && wait_gone "$R1"
+}
+DIAG_AID="F0:54:45:53:53:01:01"
+PURSE_AID="F0:54:53:52:41:01:01"
+SAM_AID="F0:54:53:52:41:03:01"
 start_serve
 check "card present in slot 0" wait_card "$R0"
 check "card present in slot 1" wait_card "$R1"
@@ -171,16 +210,9 @@ printf '00A4040007F0544553530101 => 61..\n8014090003 112233 => 9000\n' >"$WORK/w
 printf '00A4040007F0544553530101 => 61..\n8016090000 => 112233 9000\n' >"$WORK/read.apdu"
 check "write record 09 (INS 14)" "$T" script run --reader "$R0" "$WORK/write.apdu"
 restart_ok() {
-    kill -TERM "$SERVE_PID" && wait "$SERVE_PID" || return 1
+    stop_serve || return 1
     start_serve
-    wait_card "$R0" || return 1
-    # pcscd reports the card (ATR) a moment before it accepts transactions on the new
-    # connection: wait until a real exchange works, not just the ATR query.
-    for _ in $(seq 1 50); do
-        opensc-tool -r "$R0" -s 00:A4:04:00:07:F0:54:45:53:53:01:01:00 2>/dev/null | grep -q "SW1=0x90" && return 0
-        sleep 0.1
-    done
-    return 1
+    wait_select "$R0" "$DIAG_AID"
 }
 check "restart tessera serve (SIGTERM, start again)" restart_ok
 check "record 09 read back after the restart (INS 16)" "$T" script run --reader "$R0" "$WORK/read.apdu"
@@ -194,30 +226,30 @@ TSAM="$WORK/terminal.sam"
 check "scheme init" "$T" scheme init "$SCHEME"
 check "card issue (purse, PIN 1234)" "$T" card issue --scheme "$SCHEME" --out "$PURSE" --pin 1234
 check "sam issue --role terminal" "$T" sam issue --scheme "$SCHEME" --role terminal --out "$TSAM"
-kill -TERM "$SERVE_PID" && wait "$SERVE_PID"
+check "stop serve (diag cards leave both readers)" stop_serve
 "$T" serve --card "$PURSE" --card "$TSAM" >>"$WORK/serve.log" 2>&1 &
 SERVE_PID=$!
 PIDS+=("$SERVE_PID")
-check "purse and SAM present in slots 0 and 1" bash -c "$(declare -f wait_card); wait_card '$R0' && wait_card '$R1'"
+check "purse and SAM answer SELECT in slots 0 and 1" bash -c "$(declare -f wait_card wait_select); wait_select '$R0' '$PURSE_AID' && wait_select '$R1' '$SAM_AID'"
 check "load 1000 into the purse through PC/SC (--reader)" "$T" load --scheme "$SCHEME" --reader "$R0" --amount 1000
 check "pay 250 through PC/SC (--reader, --sam-reader)" "$T" pay --reader "$R0" --sam-reader "$R1" --amount 250
 check "pay over the balance is refused through PC/SC" bash -c "! '$T' pay --reader '$R0' --sam-reader '$R1' --amount 5000"
 check "purse show --reader: balance 750" bash -c "'$T' purse show --reader '$R0' --json | grep -q '\"balance\":750'"
-kill -TERM "$SERVE_PID" && wait "$SERVE_PID"
+check "stop serve (purse and SAM leave both readers)" stop_serve
 check "the purse image kept the balance after serve stopped" bash -c "'$T' purse show --card '$PURSE' --json | grep -q '\"balance\":750'"
 check "the SAM image journalled the purchase" bash -c "'$T' sam journal --sam '$TSAM' --json | grep -q '250'"
 start_serve
-check "diag cards served again for the benchmark" wait_card "$R0"
+check "diag cards served again for the benchmark" wait_select "$R0" "$DIAG_AID"
 
 # ---- 9. benchmark --------------------------------------------------------------------------
 N="${PCSC_BENCH_N:-2000}"
 if [ "$N" -gt 0 ]; then
     check "bench: served card" bash -c "'$T' script bench --reader '$R0' -n $N | tee -a '$WORK/bench.txt'"
-    kill -TERM "$SERVE_PID" && wait "$SERVE_PID"
+    stop_serve
     "$T" serve --echo-floor >>"$WORK/serve.log" 2>&1 &
     SERVE_PID=$!
     PIDS+=("$SERVE_PID")
-    wait_card "$R0"
+    wait_select "$R0" "$DIAG_AID"
     check "bench: echo floor (pcscd+vpcd, no card)" bash -c "'$T' script bench --reader '$R0' -n $N | tee -a '$WORK/bench.txt'"
     sed -n 's/^\(.*\)$/  \1/p' "$WORK/bench.txt"
 fi

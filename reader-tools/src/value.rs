@@ -329,7 +329,16 @@ fn parse_hex_n<const N: usize>(what: &str, s: &str) -> CliResult<[u8; N]> {
 }
 
 fn flow_err(what: &str, e: FlowError) -> Box<dyn std::error::Error + Send + Sync> {
-    format!("{what} refused: {e}").into()
+    // A broken link is not a refusal: say "failed" so that nobody reads it as the card's
+    // or the SAM's decision.
+    let verb = match &e {
+        FlowError::Step {
+            source: tessera_host::clients::ClientError::Transport(_),
+            ..
+        } => "failed",
+        _ => "refused",
+    };
+    format!("{what} {verb}: {e}").into()
 }
 
 /// Write a file atomically (temp file in the same directory, fsync, rename).

@@ -45,7 +45,8 @@ pub enum ClientError {
         /// What the status word means for this applet.
         meaning: String,
     },
-    /// The link to the card failed. [`TransportError::NoResponse`]: the command's outcome
+    /// The link to the card failed. [`TransportError::NoResponse`] and
+    /// [`TransportError::Lost`]: the command's outcome
     /// is unknown.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -66,7 +67,10 @@ impl ClientError {
     /// True when the command's answer was lost (power cut, card removed): the host does
     /// not know whether the command was applied.
     pub fn is_no_response(&self) -> bool {
-        matches!(self, ClientError::Transport(TransportError::NoResponse))
+        matches!(
+            self,
+            ClientError::Transport(TransportError::NoResponse | TransportError::Lost(_))
+        )
     }
 }
 

@@ -25,6 +25,12 @@ pub enum TransportError {
     /// was applied (flows run their recovery step).
     #[error("no response from the card (power lost or card removed)")]
     NoResponse,
+    /// The link to the card broke during an exchange (a reader reports the card removed,
+    /// reset or replaced, or its driver failed): like [`TransportError::NoResponse`], the
+    /// host does not know whether the command was applied. The text names the reader and
+    /// what it reported.
+    #[error("the link to the card was lost ({0}); the command may or may not have run")]
+    Lost(String),
     /// The card is not powered.
     #[error("card is not powered")]
     NotPowered,
@@ -239,14 +245,27 @@ mod pcsc_impl {
         buf: Vec<u8>,
     }
 
-    fn pcsc_err(e: pcsc::Error) -> TransportError {
+    /// Map a PC/SC error on an open connection. Errors that mean the card or the reader went
+    /// away mid-exchange are [`TransportError::Lost`] (outcome unknown, so flows recover);
+    /// pcscd answers `SCARD_E_NOT_TRANSACTED` when the driver could not complete the
+    /// exchange, e.g. a virtual card replaced between connect and transmit.
+    fn pcsc_err(reader: &str, e: pcsc::Error) -> TransportError {
         match e {
             pcsc::Error::RemovedCard
             | pcsc::Error::NoSmartcard
             | pcsc::Error::UnresponsiveCard
             | pcsc::Error::UnpoweredCard
-            | pcsc::Error::ResetCard => TransportError::NoResponse,
-            other => TransportError::Pcsc(other.to_string()),
+            | pcsc::Error::ResetCard
+            | pcsc::Error::NotTransacted
+            | pcsc::Error::CommError
+            | pcsc::Error::ReaderUnavailable
+            | pcsc::Error::UnknownReader
+            | pcsc::Error::Timeout
+            | pcsc::Error::NoService
+            | pcsc::Error::ServiceStopped => TransportError::Lost(format!(
+                "reader {reader:?}: {e}; if the card was just inserted or replaced, run again"
+            )),
+            other => TransportError::Pcsc(format!("reader {reader:?}: {other}")),
         }
     }
 
@@ -316,7 +335,7 @@ mod pcsc_impl {
             };
             self.card
                 .reconnect(pcsc::ShareMode::Shared, pcsc::Protocols::ANY, disposition)
-                .map_err(pcsc_err)?;
+                .map_err(|e| pcsc_err(&self.reader, e))?;
             self.atr()
         }
     }
@@ -346,7 +365,10 @@ mod pcsc_impl {
 
     impl Transport for PcscTransport {
         fn transmit_raw(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
-            let r = self.card.transmit(apdu, &mut self.buf).map_err(pcsc_err)?;
+            let r = self
+                .card
+                .transmit(apdu, &mut self.buf)
+                .map_err(|e| pcsc_err(&self.reader, e))?;
             Ok(r.to_vec())
         }
         fn reset(&mut self) -> Result<Vec<u8>, TransportError> {
@@ -354,12 +376,44 @@ mod pcsc_impl {
         }
         fn atr(&mut self) -> Result<Vec<u8>, TransportError> {
             // SCardStatus: drivers need not support the ATR attribute (vpcd does not).
-            let status = self.card.status2_owned().map_err(pcsc_err)?;
+            let status = self
+                .card
+                .status2_owned()
+                .map_err(|e| pcsc_err(&self.reader, e))?;
             Ok(status.atr().to_vec())
         }
         fn power_off(&mut self) -> Result<(), TransportError> {
             // PC/SC has no "stay off": unpower and let the reader power the card on again.
             self.reconnect(true).map(|_| ())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_broken_link_is_lost_and_names_the_reader() {
+            for e in [
+                pcsc::Error::NotTransacted,
+                pcsc::Error::RemovedCard,
+                pcsc::Error::ResetCard,
+                pcsc::Error::CommError,
+                pcsc::Error::ServiceStopped,
+            ] {
+                match pcsc_err("R 00", e) {
+                    TransportError::Lost(t) => assert!(t.contains("\"R 00\""), "{t}"),
+                    other => panic!("{e:?} -> {other:?}"),
+                }
+            }
+        }
+
+        #[test]
+        fn a_caller_error_is_not_an_unknown_outcome() {
+            match pcsc_err("R 00", pcsc::Error::InsufficientBuffer) {
+                TransportError::Pcsc(t) => assert!(t.contains("\"R 00\""), "{t}"),
+                other => panic!("{other:?}"),
+            }
         }
     }
 }

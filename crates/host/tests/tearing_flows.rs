@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use tessera_host::clients::{PurseClient, SamClient};
 use tessera_host::flows::kit::{PurseParams, Tap, World, WorldImages};
 use tessera_host::flows::{self, FlowError, LoadRequest, PayRequest};
+use tessera_host::transport::TransportError;
 use tessera_os::{Card, TearPlan};
 use tessera_purse::wire::{LogRecord, PurseData, ins};
 use tessera_sam::wire::{self as sw_, JournalEntry, status};
@@ -334,4 +335,69 @@ fn tearing_resolve_at_every_write_of_the_sam() {
         }
         assert!(k > 5, "RESOLVE writes only {k} bytes?");
     }
+}
+
+/// A transport that loses the link (as a PC/SC reader reports a card removed or replaced)
+/// right after the card processed one command: the command ran, its answer is lost, and the
+/// card is reset. The flow treats [`TransportError::Lost`] like a power cut.
+struct LoseLinkAfter<'a> {
+    card: &'a mut Card,
+    ins: u8,
+    lost: bool,
+}
+
+impl tessera_host::transport::Transport for LoseLinkAfter<'_> {
+    fn transmit_raw(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let r = tessera_host::transport::Transport::transmit_raw(&mut *self.card, apdu)?;
+        if !self.lost && apdu.get(1) == Some(&self.ins) {
+            self.lost = true;
+            tessera_host::transport::Transport::reset(&mut *self.card)?;
+            return Err(TransportError::Lost("test reader: card replaced".into()));
+        }
+        Ok(r)
+    }
+    fn reset(&mut self) -> Result<Vec<u8>, TransportError> {
+        tessera_host::transport::Transport::reset(&mut *self.card)
+    }
+    fn atr(&mut self) -> Result<Vec<u8>, TransportError> {
+        tessera_host::transport::Transport::atr(&mut *self.card)
+    }
+}
+
+#[test]
+fn a_lost_link_after_purchase_is_recovered_like_a_power_cut() {
+    let mut w = images().restore().unwrap();
+    let opts = w.terminal_opts();
+    let (before, _) = purse_state(&mut w.purses[0]);
+    let World {
+        terminal, purses, ..
+    } = &mut w;
+    let mut link = LoseLinkAfter {
+        card: &mut purses[0],
+        ins: ins::PURCHASE,
+        lost: false,
+    };
+    let r = flows::pay_with(
+        &mut link,
+        terminal,
+        &PayRequest {
+            amount: 250,
+            terminal_id: [0, 0, 0, 7],
+            terminal_time: T,
+            pin: None,
+        },
+        &opts,
+    )
+    .unwrap_or_else(|e| panic!("the flow did not recover: {e}"));
+    assert!(link.lost, "the link was never lost");
+    assert_eq!(r.balance_after, before.balance - 250);
+    assert!(r.sam_confirmed);
+    let (after, _) = purse_state(&mut w.purses[0]);
+    assert_eq!(after.balance, before.balance - 250);
+    assert_eq!(after.counter, before.counter + 1);
+    assert!(
+        journal(&mut w.terminal)
+            .iter()
+            .all(|e| e.status != status::PENDING)
+    );
 }
