@@ -71,6 +71,7 @@ fn open(target: &TargetArgs, conformance: bool) -> CliResult<Target> {
         return Ok(Target::Image {
             card: tessera_os::diag::conformance_card(),
             path: PathBuf::from("(conformance card)"),
+            _lock: None,
         });
     }
     target.open()

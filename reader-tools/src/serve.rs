@@ -45,6 +45,8 @@ pub struct ServeArgs {
 struct CardSlot {
     card: Card,
     path: PathBuf,
+    /// Held while serving: no other process saves this image meanwhile.
+    _lock: tessera_os::ImageLock,
     written: u64,
     /// Set after a failed save: the card answers 6F00 until serve restarts.
     mute: bool,
@@ -263,6 +265,7 @@ pub fn run(a: ServeArgs, g: Global) -> CliResult {
             return Err("give --card FILE (a card image; create one with `tessera image new`) or --echo-floor".into());
         }
         for path in &a.card {
+            let lock = tessera_os::ImageLock::acquire(path)?;
             let card = Card::open_image(path, crate::applets::load_files())
                 .map_err(|e| format!("cannot open card image {}: {e}", path.display()))?;
             let written = card.nvm_bytes_written();
@@ -271,6 +274,7 @@ pub fn run(a: ServeArgs, g: Global) -> CliResult {
                 Box::new(CardSlot {
                     card,
                     path: path.clone(),
+                    _lock: lock,
                     written,
                     mute: false,
                 }),

@@ -12,6 +12,9 @@ pub enum Target {
     Image {
         card: tessera_os::Card,
         path: PathBuf,
+        /// Held while the card is in memory: no other process saves this image meanwhile
+        /// (`None` for a card built in memory).
+        _lock: Option<tessera_os::ImageLock>,
     },
     /// A card in a PC/SC reader.
     #[cfg(feature = "pcsc")]
@@ -49,12 +52,15 @@ impl Target {
                 "no card: give --card FILE (a card image) or --reader NAME (a PC/SC reader)".into(),
             ),
             (Some(path), None) => {
+                // Lock before reading, so that the card in memory is the latest save.
+                let lock = tessera_os::ImageLock::acquire(path)?;
                 let mut card = tessera_os::Card::open_image(path, crate::applets::load_files())
                     .map_err(|e| format!("cannot open card image {}: {e}", path.display()))?;
                 card.power_on();
                 Ok(Target::Image {
                     card,
                     path: path.to_path_buf(),
+                    _lock: Some(lock),
                 })
             }
             (None, Some(name)) => open_reader(name),
@@ -73,7 +79,7 @@ impl Target {
     /// For images: save atomically ([`tessera_os::Card::save_image`]); readers: no-op.
     pub fn save(&mut self) -> CliResult {
         match self {
-            Target::Image { card, path } => card
+            Target::Image { card, path, .. } => card
                 .save_image(&*path)
                 .map_err(|e| format!("cannot save card image {}: {e}", path.display()).into()),
             #[cfg(feature = "pcsc")]

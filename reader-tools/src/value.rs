@@ -603,7 +603,9 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
 
 // ------------------------------------------------------------------ issuing
 
-fn refuse_overwrite(path: &Path, force: bool) -> CliResult {
+/// Claim the output image of an issue command: refuse an existing file without `--force`,
+/// and lock the path (an image being served or used by a flow is never replaced).
+fn claim_out(path: &Path, force: bool) -> CliResult<tessera_os::ImageLock> {
     if path.exists() && !force {
         return Err(format!(
             "{} exists; refusing to overwrite it (use --force)",
@@ -611,7 +613,7 @@ fn refuse_overwrite(path: &Path, force: bool) -> CliResult {
         )
         .into());
     }
-    Ok(())
+    Ok(tessera_os::ImageLock::acquire(path)?)
 }
 
 fn save_target(t: &mut Target, what: &str) -> CliResult {
@@ -619,7 +621,7 @@ fn save_target(t: &mut Target, what: &str) -> CliResult {
 }
 
 fn card_issue(a: &CardIssueArgs) -> CliResult<Out> {
-    refuse_overwrite(&a.out, a.force)?;
+    let _out_lock = claim_out(&a.out, a.force)?;
     let mut scheme = Scheme::load(&a.scheme)?;
     let card_id = match &a.card_id {
         Some(h) => {
@@ -699,7 +701,7 @@ fn sam_issue(a: &SamIssueArgs) -> CliResult<Out> {
         )
         .into());
     }
-    refuse_overwrite(&a.out, a.force)?;
+    let _out_lock = claim_out(&a.out, a.force)?;
     let mut scheme = Scheme::load(&a.scheme)?;
     let sam_id = match &a.sam_id {
         Some(h) => parse_hex_n::<4>("--sam-id", h)?,

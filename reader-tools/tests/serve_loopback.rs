@@ -361,3 +361,43 @@ fn card_is_powered_when_the_driver_connects() {
         "6F098407F05445535301019000"
     );
 }
+
+/// While serve holds an image, no other tessera process opens it for writing (a second
+/// serve, a script, a flow): each would save its own copy of the card and erase the other's
+/// committed changes. After serve stops, the image opens again.
+#[test]
+fn a_served_image_is_locked_against_other_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("card.tsr");
+    new_image(&image);
+    let script = dir.path().join("echo.apdu");
+    std::fs::write(&script, "00A4040007F0544553530101 => 61..\n").unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let p = serve(&image, port);
+    let _s = accept(&l); // serve has opened (and locked) the image by now
+
+    let run = |args: &[&str]| Command::new(BIN).args(args).arg(&image).output().unwrap();
+    let script_arg = script.display().to_string();
+    for args in [
+        vec!["script", "run", &script_arg, "--card"],
+        vec!["serve", "--once", "--port", "1", "--card"],
+        vec!["purse", "show", "--card"],
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} ran on a served image");
+        assert!(
+            err.contains("is in use by another process")
+                && err.contains(&format!("pid {}", p.0.id())),
+            "{args:?}: {err}"
+        );
+    }
+    drop(p);
+    let out = run(&["script", "run", &script_arg, "--card"]);
+    assert!(
+        out.status.success(),
+        "after serve stopped: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -16,6 +16,13 @@
 //! Saving writes a temporary file beside the target, syncs it, renames it over the target
 //! and syncs the directory: a cut at any byte leaves the old image or the new one. An
 //! existing file at the target that is not a Tessera image is never overwritten.
+//!
+//! One process at a time: a program that keeps a card in memory and saves it back (a served
+//! card, a flow on an image) holds an [`ImageLock`], an exclusive advisory lock on a file
+//! `<image>.lock` beside the image. The image itself cannot carry the lock, since each save
+//! replaces it with a new file. Without the lock, two processes working on one image would
+//! each save their own copy of the card and the last save would erase the other's
+//! committed value changes.
 
 use crate::applet::LoadFile;
 use crate::card::{Card, CardProfile};
@@ -50,6 +57,15 @@ pub enum ImageError {
     WouldOverwrite(PathBuf),
     #[error("power is on with a command in progress")]
     Busy,
+    #[error(
+        "card image {image} is in use by another process{holder} (lock file {lock}); stop that process first"
+    )]
+    Locked {
+        image: PathBuf,
+        lock: PathBuf,
+        /// " (pid N)" when the lock file names its holder, else empty.
+        holder: String,
+    },
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
@@ -264,5 +280,69 @@ impl Card {
         load_files: Vec<LoadFile>,
     ) -> Result<Card, ImageError> {
         open(path.as_ref(), load_files)
+    }
+}
+
+/// An exclusive lock on a card image, held for as long as this value lives (see the module
+/// documentation). The lock is advisory (`flock` on Unix, `LockFileEx` on Windows): every
+/// Tessera tool takes it; other programs that write images directly do not.
+#[derive(Debug)]
+pub struct ImageLock {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl ImageLock {
+    /// The lock file of `image`: `<image>.lock` in the same directory.
+    pub fn lock_path(image: &Path) -> PathBuf {
+        let mut name = image
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".lock");
+        image.with_file_name(name)
+    }
+
+    /// Take the lock of `image`, without waiting: [`ImageError::Locked`] when another
+    /// process (or another lock in this one) holds it. The lock file is created when
+    /// missing and left in place afterwards (removing it would race with a new holder); it
+    /// holds the holder's process ID, for the error message.
+    pub fn acquire(image: &Path) -> Result<ImageLock, ImageError> {
+        let path = Self::lock_path(image);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok())
+                    .map(|pid| format!(" (pid {pid})"))
+                    .unwrap_or_default();
+                return Err(ImageError::Locked {
+                    image: image.to_path_buf(),
+                    lock: path,
+                    holder,
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(ImageError::Io { path, source });
+            }
+        }
+        // Best effort: the PID only improves the message of a later refusal.
+        let _ = file.set_len(0);
+        let _ = write!(file, "{}", std::process::id());
+        let _ = file.flush();
+        Ok(ImageLock { _file: file, path })
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }

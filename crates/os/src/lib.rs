@@ -47,7 +47,7 @@ pub mod store;
 
 pub use applet::{AppState, Applet, Clear, Context, Interface, LoadFile, Privileges};
 pub use card::{Card, CardBuilder, CardError, CardProfile, CardState, InstanceRecord, OsError};
-pub use image::ImageError;
+pub use image::{ImageError, ImageLock};
 pub use pin::Pin;
 pub use store::{MemoryUsage, TearPlan};
 pub use tessera_apdu::{Command, Response, Sw};

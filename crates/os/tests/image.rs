@@ -228,3 +228,34 @@ fn saved_images_are_readable_by_their_owner_only() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "image mode {mode:o}");
 }
+
+#[test]
+fn an_image_is_locked_by_one_holder_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("a.card");
+    populated().save_image(&image).unwrap();
+    let lock = tessera_os::ImageLock::acquire(&image).unwrap();
+    assert_eq!(lock.path(), dir.path().join("a.card.lock"));
+    // A second holder is refused, and the message names the image and the holder's PID.
+    match tessera_os::ImageLock::acquire(&image) {
+        Err(e @ ImageError::Locked { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("a.card"), "{text}");
+            assert!(
+                text.contains(&format!("pid {}", std::process::id())),
+                "{text}"
+            );
+        }
+        other => panic!("second lock: {other:?}"),
+    }
+    // A save by the holder replaces the image file; the lock still holds.
+    populated().save_image(&image).unwrap();
+    assert!(matches!(
+        tessera_os::ImageLock::acquire(&image),
+        Err(ImageError::Locked { .. })
+    ));
+    drop(lock);
+    // Released with its holder; the lock file stays and is reused.
+    let again = tessera_os::ImageLock::acquire(&image).unwrap();
+    drop(again);
+}
