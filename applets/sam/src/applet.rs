@@ -14,7 +14,7 @@
 //! | `J/` + seq (u32 BE) | journal entry ([`JRec`]) whose seq is the SAM transaction number |
 //! | `xb` | [`LastExport`]: MAC, last seq and final entries of the last exported batch |
 //! | `xp` | [`PendingExport`]: the entries of the last exported batch while it showed a final entry and is not acknowledged (EXPORT JOURNAL answers it again) |
-//! | `S/` + SAM ID | issuer: [`Settled`], what VERIFY JOURNAL has settled for that SAM |
+//! | `S/` + SAM ID | issuer: [`Settled`], what VERIFY JOURNAL has settled for that SAM: high-water mark, open sequence numbers, last batch, totals and settlement chain |
 //! | `P/` + purse ID | issuer: a purse ID already personalised: SHA-256 of the key request served (legacy: `01`) |
 //! | `T/` + SAM ID | issuer: a SAM ID whose keys were exported: SHA-256 of the key request served |
 //!
@@ -222,6 +222,43 @@ struct Settled {
     /// The last verified batch: its MAC and last seq (its ack is re-issued for it).
     last_mac: Mac,
     last_seq: u32,
+    /// Running totals of what was settled, and the settlement chain
+    /// ([`wire::settlement_chain_next`]); GET SETTLEMENT STATEMENT signs them.
+    batches: u32,
+    purchases: u32,
+    purchases_total: u64,
+    loads: u32,
+    loads_total: u64,
+    voids: u32,
+    chain: [u8; 32],
+}
+
+/// The `S/` record as written before the totals and the chain existed (a strict prefix of
+/// [`Settled`]): upgraded with zero totals and an empty chain, so a statement covers the
+/// batches settled since the upgrade (docs/applets/sam.md).
+#[derive(Debug, Clone, Deserialize)]
+struct SettledV1 {
+    hwm: u32,
+    open: Vec<u32>,
+    last_mac: Mac,
+    last_seq: u32,
+}
+
+/// The `S/` record of a SAM, of either layout (empty when nothing was settled for it).
+fn settled(ctx: &Context<'_>, key: &[u8]) -> Result<Settled, Sw> {
+    if let Ok(Some(rec)) = ctx.load::<Settled>(key) {
+        return Ok(rec);
+    }
+    Ok(ctx
+        .load::<SettledV1>(key)?
+        .map(|v| Settled {
+            hwm: v.hwm,
+            open: v.open,
+            last_mac: v.last_mac,
+            last_seq: v.last_seq,
+            ..Settled::default()
+        })
+        .unwrap_or_default())
 }
 
 fn s_key(sam_id: &[u8; 4]) -> Vec<u8> {
@@ -1490,7 +1527,7 @@ impl Sam {
         }
         .encode();
         let key = s_key(&batch.sam_id);
-        let mut rec = ctx.load::<Settled>(&key)?.unwrap_or_default();
+        let mut rec = settled(ctx, &key)?;
         // The last batch verified for this SAM, again (its ack was lost): the same ack,
         // nothing settled twice.
         if rec.last_seq == last_seq && tessera_crypto::ct_eq(&rec.last_mac, &batch.mac) {
@@ -1512,8 +1549,33 @@ impl Sam {
         if !fresh {
             return Err(sw::ALREADY_SETTLED);
         }
-        // Entries of `open` shown final are settled now.
+        // Entries of `open` shown final, and final entries beyond `hwm`, are settled now:
+        // each is counted once in the totals (a genuine batch never shows a sequence
+        // number twice; a repeat is skipped all the same).
         let old_hwm = rec.hwm;
+        let mut counted: Vec<u32> = Vec::new();
+        for e in &batch.entries {
+            let newly = e.seq > old_hwm || rec.open.binary_search(&e.seq).is_ok();
+            if e.status == status::PENDING || !newly {
+                continue;
+            }
+            match counted.binary_search(&e.seq) {
+                Ok(_) => continue,
+                Err(at) => counted.insert(at, e.seq),
+            }
+            let amount = u64::from(e.amount);
+            if e.status == status::VOID {
+                rec.voids = rec.voids.saturating_add(1);
+            } else if e.kind == kind::LOAD {
+                rec.loads = rec.loads.saturating_add(1);
+                rec.loads_total = rec.loads_total.saturating_add(amount);
+            } else {
+                rec.purchases = rec.purchases.saturating_add(1);
+                rec.purchases_total = rec.purchases_total.saturating_add(amount);
+            }
+        }
+        rec.batches = rec.batches.saturating_add(1);
+        rec.chain = wire::settlement_chain_next(&rec.chain, &batch);
         for e in &batch.entries {
             if e.seq <= old_hwm
                 && e.status != status::PENDING
@@ -1546,6 +1608,50 @@ impl Sam {
         rec.last_seq = last_seq;
         ctx.save(&key, &rec)?;
         Ok(ack)
+    }
+
+    /// GET SETTLEMENT STATEMENT (issuer): the totals and chain of what VERIFY JOURNAL has
+    /// settled for one SAM, with the requester's nonce, signed by the attestation key. A
+    /// SAM nothing was settled for gets a statement of zeros. Changes nothing.
+    fn settlement_statement(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        cmd.expect_p1p2(0, 0)?;
+        let cfg = config(ctx)?;
+        if cfg.role != role::ISSUER {
+            return Err(sw::KEY_NOT_HELD);
+        }
+        if cmd.data.len() != 4 + 16 {
+            return Err(Sw::WRONG_LENGTH);
+        }
+        let mut sam_id = [0u8; 4];
+        let mut nonce = [0u8; 16];
+        sam_id.copy_from_slice(cmd.data.get(..4).ok_or(Sw::WRONG_LENGTH)?);
+        nonce.copy_from_slice(cmd.data.get(4..).ok_or(Sw::WRONG_LENGTH)?);
+        let rec = settled(ctx, &s_key(&sam_id))?;
+        let totals = wire::SettlementTotals {
+            sam_id,
+            nonce,
+            batches: rec.batches,
+            purchases: rec.purchases,
+            purchases_total: rec.purchases_total,
+            loads: rec.loads,
+            loads_total: rec.loads_total,
+            voids: rec.voids,
+            hwm: rec.hwm,
+            open: u32::try_from(rec.open.len()).unwrap_or(u32::MAX),
+            chain: rec.chain,
+        };
+        let signature = attestation_key(ctx)?
+            .sign_pkcs1v15_sha256(&wire::settlement_statement_signed_input(
+                &cfg.sam_id,
+                &totals,
+            ))
+            .map_err(internal)?;
+        Ok(wire::SettlementStatement {
+            issuer_id: cfg.sam_id,
+            totals,
+            signature,
+        }
+        .encode())
     }
 }
 
@@ -1583,6 +1689,7 @@ impl Applet for Sam {
             ins::EXPORT_JOURNAL => Sam::export_journal,
             ins::ACK_JOURNAL => Sam::ack_journal,
             ins::VERIFY_JOURNAL => Sam::verify_journal,
+            ins::GET_SETTLEMENT_STATEMENT => Sam::settlement_statement,
             _ => return Err(Sw::INS_NOT_SUPPORTED),
         };
         require_unlocked(ctx)?;

@@ -57,6 +57,10 @@ pub mod ins {
     pub const ACK_JOURNAL: u8 = 0x42;
     /// VERIFY JOURNAL (issuer): data = JournalBatch of another SAM → JournalAck.
     pub const VERIFY_JOURNAL: u8 = 0x44;
+    /// GET SETTLEMENT STATEMENT (issuer): data = sam_id (4) || nonce (16) →
+    /// [`super::SettlementStatement`]: what VERIFY JOURNAL has settled for that SAM so far,
+    /// signed by this SAM's attestation key.
+    pub const GET_SETTLEMENT_STATEMENT: u8 = 0x46;
 }
 
 /// SAM application status words.
@@ -415,6 +419,147 @@ pub fn journal_ack_mac_input(sam_id: &[u8; 4], last_seq: u32, batch_mac: &Mac) -
     v
 }
 
+/// Prefix of the bytes a [`SettlementStatement`] signature covers (domain separation from
+/// the key-request signatures of the same attestation key).
+pub const SETTLEMENT_STATEMENT_TAG: &[u8] = b"TSRA-SETTLEMENT-STATEMENT-V1";
+/// Prefix of each step of the settlement chain ([`settlement_chain_next`]).
+pub const SETTLEMENT_CHAIN_TAG: &[u8] = b"TSRA-SETTLEMENT-CHAIN-V1";
+
+/// One step of the settlement chain an issuer SAM keeps per exporting SAM: after the k-th
+/// batch VERIFY JOURNAL settled for it, chain_k = SHA-256(`TSRA-SETTLEMENT-CHAIN-V1` ||
+/// chain_(k-1) || [`JournalBatch::mac_body`] || batch MAC), chain_0 = 32 zero bytes. The
+/// chain commits to the ordered list of settled batches, every entry included: a back end
+/// holding every settlement record recomputes it exactly, and one missing, added, replaced
+/// or altered record changes it.
+pub fn settlement_chain_next(prev: &[u8; 32], batch: &JournalBatch) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(SETTLEMENT_CHAIN_TAG);
+    h.update(prev);
+    h.update(batch.mac_body());
+    h.update(batch.mac);
+    h.finalize().into()
+}
+
+/// What an issuer SAM has settled for one exporting SAM (the signed body of a
+/// [`SettlementStatement`]). Counts and sums cover each entry once, when a verified batch
+/// first showed it CONFIRMED or VOID.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettlementTotals {
+    /// The exporting SAM.
+    pub sam_id: [u8; 4],
+    /// The requester's nonce, echoed (freshness).
+    pub nonce: [u8; 16],
+    /// Batches that settled at least one entry (the chain's length).
+    pub batches: u32,
+    /// CONFIRMED purchases settled, and their amounts.
+    pub purchases: u32,
+    pub purchases_total: u64,
+    /// CONFIRMED loads settled, and their amounts.
+    pub loads: u32,
+    pub loads_total: u64,
+    /// VOID entries settled (no value moved).
+    pub voids: u32,
+    /// Highest sequence number shown by a verified batch.
+    pub hwm: u32,
+    /// Sequence numbers up to `hwm` not yet settled (shown PENDING, or not yet shown).
+    pub open: u32,
+    /// The settlement chain after the last batch ([`settlement_chain_next`]).
+    pub chain: [u8; 32],
+}
+
+impl SettlementTotals {
+    /// Encoded length: 4 + 16 + 4 + 4 + 8 + 4 + 8 + 4 + 4 + 4 + 32.
+    pub const LEN: usize = 92;
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::LEN);
+        v.extend_from_slice(&self.sam_id);
+        v.extend_from_slice(&self.nonce);
+        v.extend_from_slice(&self.batches.to_be_bytes());
+        v.extend_from_slice(&self.purchases.to_be_bytes());
+        v.extend_from_slice(&self.purchases_total.to_be_bytes());
+        v.extend_from_slice(&self.loads.to_be_bytes());
+        v.extend_from_slice(&self.loads_total.to_be_bytes());
+        v.extend_from_slice(&self.voids.to_be_bytes());
+        v.extend_from_slice(&self.hwm.to_be_bytes());
+        v.extend_from_slice(&self.open.to_be_bytes());
+        v.extend_from_slice(&self.chain);
+        v
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let u64_ = |r: &mut Reader<'_>| r.bytes::<8>().map(u64::from_be_bytes);
+        Ok(SettlementTotals {
+            sam_id: r.bytes()?,
+            nonce: r.bytes()?,
+            batches: r.u32()?,
+            purchases: r.u32()?,
+            purchases_total: u64_(r)?,
+            loads: r.u32()?,
+            loads_total: u64_(r)?,
+            voids: r.u32()?,
+            hwm: r.u32()?,
+            open: r.u32()?,
+            chain: r.bytes()?,
+        })
+    }
+}
+
+/// Bytes a [`SettlementStatement`] signature covers: [`SETTLEMENT_STATEMENT_TAG`] ||
+/// issuer SAM ID (4) || [`SettlementTotals::encode`].
+pub fn settlement_statement_signed_input(issuer_id: &[u8; 4], t: &SettlementTotals) -> Vec<u8> {
+    let mut v = SETTLEMENT_STATEMENT_TAG.to_vec();
+    v.extend_from_slice(issuer_id);
+    v.extend_from_slice(&t.encode());
+    v
+}
+
+/// GET SETTLEMENT STATEMENT response: issuer_id (4) | [`SettlementTotals`] (92) | sig_len
+/// u16 | signature (RSASSA-PKCS1-v1_5 SHA-256 by the issuer SAM's attestation key over
+/// [`settlement_statement_signed_input`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettlementStatement {
+    /// The issuer SAM that signed it.
+    pub issuer_id: [u8; 4],
+    pub totals: SettlementTotals,
+    pub signature: Vec<u8>,
+}
+
+impl SettlementStatement {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.issuer_id.to_vec();
+        v.extend_from_slice(&self.totals.encode());
+        v.extend_from_slice(&(self.signature.len() as u16).to_be_bytes());
+        v.extend_from_slice(&self.signature);
+        v
+    }
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        const M: &str = "SettlementStatement";
+        let mut r = Reader::at_least(b, M, 4 + SettlementTotals::LEN + 2)?;
+        let issuer_id = r.bytes()?;
+        let totals = SettlementTotals::read(&mut r)?;
+        let n = usize::from(r.u16()?);
+        let expected = 4 + SettlementTotals::LEN + 2 + n;
+        if b.len() != expected {
+            return Err(WireError::Length {
+                msg: M,
+                expected,
+                got: b.len(),
+            });
+        }
+        Ok(SettlementStatement {
+            issuer_id,
+            totals,
+            signature: r.rest().to_vec(),
+        })
+    }
+    /// The bytes the signature covers.
+    pub fn signed_input(&self) -> Vec<u8> {
+        settlement_statement_signed_input(&self.issuer_id, &self.totals)
+    }
+}
+
 /// GET SAM DATA response: sam_id (4) | role (1) | unlocked (1) | sam_txn u32 (last used) |
 /// journal_count u16 | pending_count u16 | journal_capacity u16 | max_per_load u32 |
 /// max_per_day u32 | day u32 | day_total u32 | key_count (1) | key_count × (usage, number,
@@ -582,6 +727,59 @@ mod tests {
         assert_eq!(bytes.len(), 6 + 2 * JournalEntry::LEN + 8);
         assert_eq!(JournalBatch::decode(&bytes), Ok(b));
         assert!(JournalBatch::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn settlement_statement_layout() {
+        let t = SettlementTotals {
+            sam_id: [0, 0, 0, 2],
+            nonce: [7; 16],
+            batches: 3,
+            purchases: 4,
+            purchases_total: 0x0102_0304_0506,
+            loads: 1,
+            loads_total: 9,
+            voids: 2,
+            hwm: 11,
+            open: 1,
+            chain: [0xC5; 32],
+        };
+        assert_eq!(t.encode().len(), SettlementTotals::LEN);
+        let st = SettlementStatement {
+            issuer_id: [0, 0, 0, 1],
+            totals: t,
+            signature: vec![0xAB; 256],
+        };
+        let bytes = st.encode();
+        assert_eq!(bytes.len(), 4 + 92 + 2 + 256);
+        // purchases_total is big-endian at offset 4 + 4 + 16 + 4 + 4.
+        assert_eq!(&bytes[32..40], &[0, 0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(SettlementStatement::decode(&bytes), Ok(st.clone()));
+        assert!(SettlementStatement::decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(SettlementStatement::decode(&long).is_err());
+        assert!(
+            st.signed_input()
+                .starts_with(b"TSRA-SETTLEMENT-STATEMENT-V1\0\0\0\x01")
+        );
+    }
+
+    #[test]
+    fn settlement_chain_is_sha256_of_the_documented_bytes() {
+        use sha2::Digest;
+        let batch = JournalBatch {
+            sam_id: [0, 0, 0, 2],
+            entries: vec![],
+            mac: [1, 2, 3, 4, 5, 6, 7, 8],
+        };
+        let mut input = b"TSRA-SETTLEMENT-CHAIN-V1".to_vec();
+        input.extend_from_slice(&[0; 32]);
+        // mac_body of an empty batch: sam_id || count (u16 0).
+        input.extend_from_slice(&[0, 0, 0, 2, 0, 0]);
+        input.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        let want: [u8; 32] = sha2::Sha256::digest(&input).into();
+        assert_eq!(settlement_chain_next(&[0; 32], &batch), want);
     }
 
     #[test]

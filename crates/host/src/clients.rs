@@ -541,4 +541,24 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
         self.link
             .call("VERIFY JOURNAL", ins, 0, data, JournalAck::decode)
     }
+
+    /// GET SETTLEMENT STATEMENT (issuer): what it has settled for `sam_id`, with `nonce`,
+    /// signed by its attestation key. The signature is not checked here (see
+    /// [`crate::flows::settlement_statement`]).
+    pub fn settlement_statement(
+        &mut self,
+        sam_id: &[u8; 4],
+        nonce: &[u8; 16],
+    ) -> Result<sw_::SettlementStatement, ClientError> {
+        let mut data = sam_id.to_vec();
+        data.extend_from_slice(nonce);
+        let ins = sw_::ins::GET_SETTLEMENT_STATEMENT;
+        self.link.call(
+            "GET SETTLEMENT STATEMENT",
+            ins,
+            0,
+            Some(data),
+            sw_::SettlementStatement::decode,
+        )
+    }
 }

@@ -13,6 +13,7 @@
 //!   entry is left behind when the host stays alive.
 
 pub mod kit;
+pub mod reconcile;
 
 use crate::clients::{ClientError, PurseClient, SamClient};
 use crate::transport::{Transport, TransportError};
@@ -177,6 +178,10 @@ pub enum FlowError {
     /// The recovery step did not converge (the card or SAM kept failing).
     #[error("recovery did not converge: {0}")]
     Recovery(String),
+    /// The issuer SAM's settlement statement does not describe the batch just verified
+    /// (another SAM, or not our nonce): nothing acknowledged.
+    #[error("the issuer SAM's settlement statement does not match: {0}; nothing acknowledged")]
+    BadStatement(String),
 }
 
 impl FlowError {
@@ -207,6 +212,7 @@ impl FlowError {
             FlowError::NotApplied { .. } => "not_applied",
             FlowError::Step { .. } => "card_error",
             FlowError::Recovery(_) => "recovery_failed",
+            FlowError::BadStatement(_) => "bad_statement",
         }
     }
 
@@ -986,6 +992,10 @@ pub struct VerifiedBatch {
     pub ack: JournalAck,
     /// The entries the batch shows CONFIRMED or VOID: what the ack drops from the SAM.
     pub settled: Vec<JournalEntry>,
+    /// The issuer SAM's signed statement right after it verified this batch: its batch
+    /// count numbers this batch, and its totals and chain include it. A back end checks a
+    /// set of records against a fresh statement with [`reconcile::reconcile`].
+    pub statement: sw_::SettlementStatement,
 }
 
 /// Settle a SAM's journal with the issuer SAM (both open): EXPORT JOURNAL, VERIFY JOURNAL
@@ -1039,10 +1049,29 @@ where
         let ack = SamClient::new(&mut *issuer_sam)
             .verify_journal(&batch)
             .map_err(|e| sam_err("VERIFY JOURNAL", e))?;
+        let mut nonce = [0u8; 16];
+        tessera_crypto::rng::CardRng::from_entropy().fill(&mut nonce);
+        let statement = SamClient::new(&mut *issuer_sam)
+            .settlement_statement(&batch.sam_id, &nonce)
+            .map_err(|e| sam_err("GET SETTLEMENT STATEMENT", e))?;
+        let t = &statement.totals;
+        if t.sam_id != batch.sam_id || t.nonce != nonce {
+            return Err(FlowError::BadStatement(
+                "another SAM's, or an answer to another request".into(),
+            ));
+        }
+        let chain_has_batch = t.batches > 0 && t.hwm >= ack.last_seq;
+        if !chain_has_batch {
+            return Err(FlowError::BadStatement(format!(
+                "it shows {} batches up to seq {}, after a batch up to seq {}",
+                t.batches, t.hwm, ack.last_seq
+            )));
+        }
         let verified = VerifiedBatch {
             batch,
             ack,
             settled,
+            statement,
         };
         store(&verified).map_err(FlowError::RecordNotStored)?;
         SamClient::new(&mut *terminal_sam)

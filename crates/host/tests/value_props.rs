@@ -410,10 +410,14 @@ fn settle_all(w: &mut World, m: &mut Model) -> Result<(), TestCaseError> {
             break;
         }
         let ack = SamClient::new(&mut it).verify_journal(&batch).unwrap();
+        let statement = SamClient::new(&mut it)
+            .settlement_statement(&batch.sam_id, &[0; 16])
+            .unwrap();
         let vb = flows::VerifiedBatch {
             batch,
             ack,
             settled,
+            statement,
         };
         m.record(&vb).map_err(TestCaseError::fail)?;
         SamClient::new(&mut it).ack_journal(&vb.ack).unwrap();
@@ -921,6 +925,32 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
                 e.seq
             );
         }
+    }
+    // The issuer SAM's own account of what it settled, per SAM, matches the records.
+    for sam in [[0, 0, 0, 1], [0, 0, 0, 2]] {
+        let st = SamClient::new(&mut w.issuer)
+            .settlement_statement(&sam, &[7; 16])
+            .unwrap()
+            .totals;
+        let mine = m.records.iter().filter(|((s, _), _)| *s == sam);
+        let batches = mine.clone().count() as u32;
+        let sum = |k: u8| -> (u32, u64) {
+            let es = mine
+                .clone()
+                .flat_map(|(_, es)| es)
+                .filter(|e| e.status == status::CONFIRMED && e.kind == k);
+            (es.clone().count() as u32, es.map(|e| u64::from(e.amount)).sum())
+        };
+        let voids = mine
+            .clone()
+            .flat_map(|(_, es)| es)
+            .filter(|e| e.status == status::VOID)
+            .count() as u32;
+        prop_assert_eq!(st.batches, batches, "statement batches of {:?}", sam);
+        prop_assert_eq!((st.loads, st.loads_total), sum(kind::LOAD));
+        prop_assert_eq!((st.purchases, st.purchases_total), sum(kind::PURCHASE));
+        prop_assert_eq!(st.voids, voids);
+        prop_assert_eq!(st.open, 0, "open entries after a full settlement");
     }
     let confirmed: BTreeMap<([u8; 4], u32), Applied> = settled
         .iter()
