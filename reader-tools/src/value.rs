@@ -25,6 +25,7 @@ const ISSUER_CERT_FILE: &str = "issuer-sam-perso.der";
 /// issuance workstation; the demo scheme keeps it here.
 const MANUFACTURER_KEY_FILE: &str = "manufacturer-ca.key";
 const MANUFACTURER_CERT_FILE: &str = "manufacturer-ca.crt";
+const ISSUER_ATTESTATION_FILE: &str = "issuer-sam-attestation.der";
 const SETTLEMENT_DIR: &str = "settlement";
 
 #[derive(clap::Subcommand)]
@@ -112,6 +113,8 @@ pub enum SamCmd {
     Show(SamShowArgs),
     /// Show (export) the SAM journal; optionally write it to a file and settle it.
     Journal(SamJournalArgs),
+    /// Check a SAM's settlement records against the issuer SAM's signed statement.
+    Reconcile(SamReconcileArgs),
 }
 
 /// `--sam FILE | --sam-reader NAME`.
@@ -190,6 +193,18 @@ pub struct SamJournalArgs {
 }
 
 #[derive(clap::Args)]
+pub struct SamReconcileArgs {
+    #[arg(long, value_name = "DIR")]
+    pub scheme: PathBuf,
+    /// The SAM whose records to check (8 hex digits; the issuer's own ID for its journal).
+    #[arg(long, value_name = "HEX")]
+    pub sam_id: String,
+    /// Issuer SAM unlock PIN (default: the one in scheme.json).
+    #[arg(long)]
+    pub issuer_pin: Option<String>,
+}
+
+#[derive(clap::Args)]
 pub struct LoadArgs {
     #[arg(long, value_name = "DIR")]
     pub scheme: PathBuf,
@@ -261,6 +276,7 @@ pub fn run(c: ValueCmd, g: Global) -> CliResult {
         ValueCmd::Sam(SamCmd::Issue(a)) => sam_issue(&a)?,
         ValueCmd::Sam(SamCmd::Show(a)) => sam_show(&a)?,
         ValueCmd::Sam(SamCmd::Journal(a)) => sam_journal(&a)?,
+        ValueCmd::Sam(SamCmd::Reconcile(a)) => sam_reconcile(&a)?,
         ValueCmd::Load(a) => load(&a)?,
         ValueCmd::Pay(a) => pay(&a)?,
         ValueCmd::Purse(PurseCmd::Show(a)) => purse_show(&a)?,
@@ -407,6 +423,10 @@ struct Scheme {
     manufacturer_ca_cert: String,
     #[serde(default)]
     manufacturer_ca_key: String,
+    /// The issuer SAM's attestation certificate (DER, by the chip manufacturer CA): the
+    /// key of its settlement statements. Empty in a scheme made before them.
+    #[serde(default)]
+    issuer_attestation_cert: String,
     next_card_serial: u32,
     next_sam_id: u32,
 }
@@ -549,6 +569,11 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
     )
     .map_err(|e| format!("issuer SAM certificate: {e}"))?;
     write_atomic(&dir.join(ISSUER_CERT_FILE), perso_cert.to_der())?;
+    // Factory step for the issuer SAM too: the manufacturer CA certifies its attestation
+    // key, which signs its settlement statements.
+    let att_cert = kit::certify_sam(&mut issuer, &manufacturer, t0)
+        .map_err(|e| format!("issuer SAM attestation certificate: {e}"))?;
+    write_atomic(&dir.join(ISSUER_ATTESTATION_FILE), &att_cert)?;
     issuer
         .save_image(dir.join(ISSUER_SAM_FILE))
         .map_err(|e| format!("cannot save the issuer SAM image: {e}"))?;
@@ -566,6 +591,7 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
         issuer_perso_cert: ISSUER_CERT_FILE.into(),
         manufacturer_ca_cert: MANUFACTURER_CERT_FILE.into(),
         manufacturer_ca_key: MANUFACTURER_KEY_FILE.into(),
+        issuer_attestation_cert: ISSUER_ATTESTATION_FILE.into(),
         next_card_serial: 1,
         next_sam_id: 2,
     };
@@ -1213,6 +1239,8 @@ fn store_settlement(sdir: &Path, b: &flows::VerifiedBatch) -> CliResult<PathBuf>
         "batch_mac": hex::encode_upper(b.batch.mac),
         "batch_hex": hex::encode_upper(b.batch.encode()),
         "ack_hex": hex::encode_upper(b.ack.encode()),
+        "batch_no": b.statement.totals.batches,
+        "statement_hex": hex::encode_upper(b.statement.encode()),
         "entries": b.settled.iter().map(entry_json).collect::<Vec<_>>(),
     });
     write_atomic(&file, serde_json::to_string_pretty(&record)?.as_bytes())?;
@@ -1221,6 +1249,117 @@ fn store_settlement(sdir: &Path, b: &flows::VerifiedBatch) -> CliResult<PathBuf>
         .and_then(|d| d.sync_all())
         .map_err(|e| format!("cannot sync {}: {e}", sdir.display()))?;
     Ok(file)
+}
+
+/// Read back the settlement records of `sam_id` in `sdir` (files `<SAM ID>-*.json`).
+fn read_settlement_records(sdir: &Path, sam_id: &[u8; 4]) -> CliResult<Vec<flows::VerifiedBatch>> {
+    let prefix = format!("{}-", hex::encode_upper(sam_id));
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(sdir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("cannot read {}: {e}", sdir.display()).into()),
+    };
+    files.sort();
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        let bad = |why: String| format!("settlement record {}: {why}", f.display());
+        let text = std::fs::read_to_string(&f).map_err(|e| bad(e.to_string()))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let field = |name: &str| -> CliResult<Vec<u8>> {
+            let h = v[name].as_str().ok_or_else(|| {
+                bad(format!(
+                    "no {name:?} (written by a version before settlement statements?)"
+                ))
+            })?;
+            Ok(hex::decode(h).map_err(|e| bad(format!("{name}: invalid hex: {e}")))?)
+        };
+        let batch =
+            JournalBatch::decode(&field("batch_hex")?).map_err(|e| bad(format!("batch: {e}")))?;
+        let ack =
+            sw_::JournalAck::decode(&field("ack_hex")?).map_err(|e| bad(format!("ack: {e}")))?;
+        let statement = sw_::SettlementStatement::decode(&field("statement_hex")?)
+            .map_err(|e| bad(format!("statement: {e}")))?;
+        let settled = batch
+            .entries
+            .iter()
+            .filter(|e| e.status != sw_::status::PENDING)
+            .cloned()
+            .collect();
+        out.push(flows::VerifiedBatch {
+            batch,
+            ack,
+            settled,
+            statement,
+        });
+    }
+    Ok(out)
+}
+
+fn sam_reconcile(a: &SamReconcileArgs) -> CliResult<Out> {
+    use tessera_host::flows::reconcile;
+    let dir = &a.scheme;
+    let scheme = Scheme::load(dir)?;
+    let sam_id: [u8; 4] = parse_hex_n("--sam-id", &a.sam_id)?;
+    let issuer_id: [u8; 4] = parse_hex_n("scheme.json issuer_sam_id", &scheme.issuer_sam_id)?;
+    if scheme.issuer_attestation_cert.is_empty() || scheme.manufacturer_ca_cert.is_empty() {
+        return Err(format!(
+            "the scheme in {} has no issuer SAM attestation certificate (made before settlement statements): re-create it with `tessera scheme init`",
+            dir.display()
+        )
+        .into());
+    }
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let key = reconcile::issuer_statement_key(
+        &read(&scheme.issuer_attestation_cert)?,
+        &read(&scheme.manufacturer_ca_cert)?,
+        &issuer_id,
+        SystemTime::now(),
+    )?;
+    let records = read_settlement_records(&dir.join(SETTLEMENT_DIR), &sam_id)?;
+    let (mut issuer, _) = scheme.open_issuer(dir, a.issuer_pin.as_deref())?;
+    let mut nonce = [0u8; 16];
+    tessera_crypto::rng::CardRng::from_entropy().fill(&mut nonce);
+    let statement = SamClient::new(issuer.transport())
+        .settlement_statement(&sam_id, &nonce)
+        .map_err(|e| format!("issuer SAM: GET SETTLEMENT STATEMENT: {e}"))?;
+    let r = reconcile::reconcile(&records, &statement, &nonce, &key, &issuer_id, &sam_id).map_err(
+        |e| {
+            format!(
+                "reconciliation of SAM {} failed: {e}",
+                hex::encode_upper(sam_id)
+            )
+        },
+    )?;
+    let text = format!(
+        "SAM {}: {} settlement record(s) reconcile with the issuer SAM's signed statement
+  purchases {} ({}), loads {} ({}), {} void
+  settled up to seq {}, {} open
+",
+        hex::encode_upper(sam_id),
+        r.batches,
+        r.purchases,
+        money(r.purchases_total, scheme.currency),
+        r.loads,
+        money(r.loads_total, scheme.currency),
+        r.voids,
+        r.hwm,
+        r.open
+    );
+    Ok(Out {
+        json: json!({ "reconciled": serde_json::to_value(&r)? }),
+        text,
+    })
 }
 
 /// A SAM whose every command is durable at once, as on a chip: an image is saved after
@@ -1360,7 +1499,7 @@ fn demo(a: &DemoArgs, g: Global) -> CliResult {
         card_issue(&issue(&alice, Some("1234"))),
     )?;
     d.run("issue Bob's card (no PIN)", card_issue(&issue(&bob, None)))?;
-    d.run(
+    let shop_issued = d.run(
         "issue the shop's terminal SAM",
         sam_issue(&SamIssueArgs {
             scheme: scheme_dir.clone(),
@@ -1442,6 +1581,18 @@ fn demo(a: &DemoArgs, g: Global) -> CliResult {
             issuer_pin: None,
         }),
     )?;
+    let shop_id = shop_issued.json["sam_id"]
+        .as_str()
+        .ok_or("the shop SAM's ID is missing from `sam issue`")?
+        .to_string();
+    let reconciled = d.run(
+        "reconcile the settlement records with the issuer SAM's signed statement",
+        sam_reconcile(&SamReconcileArgs {
+            scheme: scheme_dir.clone(),
+            sam_id: shop_id,
+            issuer_pin: None,
+        }),
+    )?;
 
     // The value rules, checked on what the chips say.
     let mut problems = Vec::new();
@@ -1463,6 +1614,12 @@ fn demo(a: &DemoArgs, g: Global) -> CliResult {
             settled.json["settlement"]["purchases_total"]
         ));
     }
+    if reconciled.json["reconciled"]["purchases_total"] != json!(3750) {
+        problems.push(format!(
+            "the issuer SAM's statement shows purchases of {}, not the 37.50 paid",
+            reconciled.json["reconciled"]["purchases_total"]
+        ));
+    }
     let ok = problems.is_empty();
     if g.json {
         println!(
@@ -1477,6 +1634,10 @@ fn demo(a: &DemoArgs, g: Global) -> CliResult {
         );
         println!(
             "  shop journal settled 37.50 of purchases: {}",
+            if ok { "ok" } else { "FAILED" }
+        );
+        println!(
+            "  settlement records = the issuer SAM's signed totals: {}",
             if ok { "ok" } else { "FAILED" }
         );
         for p in &problems {

@@ -92,6 +92,25 @@ fn issue_load_pay_show_settle() {
             .unwrap();
     assert_eq!(rec["entries"].as_array().unwrap().len(), 1);
     assert!(rec["ack_hex"].as_str().is_some());
+    assert_eq!(rec["batch_no"], 1);
+    // The records reconcile with the issuer SAM's signed statement...
+    let sam_id = ok_json(&["sam", "show", "--sam", &sam])["sam_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = ok_json(&["sam", "reconcile", "--scheme", &scheme, "--sam-id", &sam_id]);
+    assert_eq!(r["reconciled"]["purchases_total"], 500);
+    assert_eq!(r["reconciled"]["batches"], 1);
+    // ...and a record gone missing is found, naming the shortfall; put back, all is well.
+    let record = files[0].as_str().unwrap();
+    let aside = p(d, "aside.json");
+    std::fs::rename(record, &aside).unwrap();
+    let o = tessera(&["sam", "reconcile", "--scheme", &scheme, "--sam-id", &sam_id]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("1 record(s) missing"), "{err}");
+    std::fs::rename(&aside, record).unwrap();
+    ok_json(&["sam", "reconcile", "--scheme", &scheme, "--sam-id", &sam_id]);
     // `load` takes the issuer SAM explicitly too; a terminal SAM is refused.
     let r = ok_json(&[
         "load",

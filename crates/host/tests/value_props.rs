@@ -939,7 +939,10 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
                 .clone()
                 .flat_map(|(_, es)| es)
                 .filter(|e| e.status == status::CONFIRMED && e.kind == k);
-            (es.clone().count() as u32, es.map(|e| u64::from(e.amount)).sum())
+            (
+                es.clone().count() as u32,
+                es.map(|e| u64::from(e.amount)).sum(),
+            )
         };
         let voids = mine
             .clone()
