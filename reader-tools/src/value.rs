@@ -1239,7 +1239,7 @@ fn store_settlement(sdir: &Path, b: &flows::VerifiedBatch) -> CliResult<PathBuf>
         "batch_mac": hex::encode_upper(b.batch.mac),
         "batch_hex": hex::encode_upper(b.batch.encode()),
         "ack_hex": hex::encode_upper(b.ack.encode()),
-        "batch_no": b.statement.totals.batches,
+        "batch_no": b.statement.totals.sums.batches,
         "statement_hex": hex::encode_upper(b.statement.encode()),
         "entries": b.settled.iter().map(entry_json).collect::<Vec<_>>(),
     });
@@ -1347,12 +1347,12 @@ fn sam_reconcile(a: &SamReconcileArgs) -> CliResult<Out> {
   settled up to seq {}, {} open
 ",
         hex::encode_upper(sam_id),
-        r.batches,
-        r.purchases,
-        money(r.purchases_total, scheme.currency),
-        r.loads,
-        money(r.loads_total, scheme.currency),
-        r.voids,
+        r.sums.batches,
+        r.sums.purchases,
+        money(r.sums.purchases_total, scheme.currency),
+        r.sums.loads,
+        money(r.sums.loads_total, scheme.currency),
+        r.sums.voids,
         r.hwm,
         r.open
     );

@@ -222,15 +222,9 @@ struct Settled {
     /// The last verified batch: its MAC and last seq (its ack is re-issued for it).
     last_mac: Mac,
     last_seq: u32,
-    /// Running totals of what was settled, and the settlement chain
-    /// ([`wire::settlement_chain_next`]); GET SETTLEMENT STATEMENT signs them.
-    batches: u32,
-    purchases: u32,
-    purchases_total: u64,
-    loads: u32,
-    loads_total: u64,
-    voids: u32,
-    chain: [u8; 32],
+    /// Running totals of what was settled, and the settlement chain; GET SETTLEMENT
+    /// STATEMENT signs them.
+    sums: wire::SettledSums,
 }
 
 /// The `S/` record as written before the totals and the chain existed (a strict prefix of
@@ -1550,32 +1544,12 @@ impl Sam {
             return Err(sw::ALREADY_SETTLED);
         }
         // Entries of `open` shown final, and final entries beyond `hwm`, are settled now:
-        // each is counted once in the totals (a genuine batch never shows a sequence
-        // number twice; a repeat is skipped all the same).
+        // each is counted once in the sums.
         let old_hwm = rec.hwm;
-        let mut counted: Vec<u32> = Vec::new();
-        for e in &batch.entries {
-            let newly = e.seq > old_hwm || rec.open.binary_search(&e.seq).is_ok();
-            if e.status == status::PENDING || !newly {
-                continue;
-            }
-            match counted.binary_search(&e.seq) {
-                Ok(_) => continue,
-                Err(at) => counted.insert(at, e.seq),
-            }
-            let amount = u64::from(e.amount);
-            if e.status == status::VOID {
-                rec.voids = rec.voids.saturating_add(1);
-            } else if e.kind == kind::LOAD {
-                rec.loads = rec.loads.saturating_add(1);
-                rec.loads_total = rec.loads_total.saturating_add(amount);
-            } else {
-                rec.purchases = rec.purchases.saturating_add(1);
-                rec.purchases_total = rec.purchases_total.saturating_add(amount);
-            }
-        }
-        rec.batches = rec.batches.saturating_add(1);
-        rec.chain = wire::settlement_chain_next(&rec.chain, &batch);
+        let (sums, open) = (&mut rec.sums, &rec.open);
+        sums.add_batch(&batch, |e| {
+            e.seq > old_hwm || open.binary_search(&e.seq).is_ok()
+        });
         for e in &batch.entries {
             if e.seq <= old_hwm
                 && e.status != status::PENDING
@@ -1630,15 +1604,9 @@ impl Sam {
         let totals = wire::SettlementTotals {
             sam_id,
             nonce,
-            batches: rec.batches,
-            purchases: rec.purchases,
-            purchases_total: rec.purchases_total,
-            loads: rec.loads,
-            loads_total: rec.loads_total,
-            voids: rec.voids,
+            sums: rec.sums,
             hwm: rec.hwm,
             open: u32::try_from(rec.open.len()).unwrap_or(u32::MAX),
-            chain: rec.chain,
         };
         let signature = attestation_key(ctx)?
             .sign_pkcs1v15_sha256(&wire::settlement_statement_signed_input(

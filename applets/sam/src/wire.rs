@@ -441,15 +441,12 @@ pub fn settlement_chain_next(prev: &[u8; 32], batch: &JournalBatch) -> [u8; 32] 
     h.finalize().into()
 }
 
-/// What an issuer SAM has settled for one exporting SAM (the signed body of a
-/// [`SettlementStatement`]). Counts and sums cover each entry once, when a verified batch
-/// first showed it CONFIRMED or VOID.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SettlementTotals {
-    /// The exporting SAM.
-    pub sam_id: [u8; 4],
-    /// The requester's nonce, echoed (freshness).
-    pub nonce: [u8; 16],
+/// What an issuer SAM has settled for one exporting SAM: counts and sums of the entries
+/// settled, each counted once, when a verified batch first showed it CONFIRMED or VOID, and
+/// the settlement chain over the batches. Kept by the SAM (record `S/`), signed in a
+/// [`SettlementStatement`], recomputed from the records by a back end.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SettledSums {
     /// Batches that settled at least one entry (the chain's length).
     pub batches: u32,
     /// CONFIRMED purchases settled, and their amounts.
@@ -460,48 +457,103 @@ pub struct SettlementTotals {
     pub loads_total: u64,
     /// VOID entries settled (no value moved).
     pub voids: u32,
+    /// The settlement chain after the last batch ([`settlement_chain_next`]).
+    pub chain: [u8; 32],
+}
+
+impl SettledSums {
+    /// Add one settled batch: the chain step, and the final entries for which `newly`
+    /// holds (each sequence number once, should a batch repeat one).
+    pub fn add_batch(&mut self, batch: &JournalBatch, newly: impl Fn(&JournalEntry) -> bool) {
+        let mut counted: Vec<u32> = Vec::new();
+        for e in &batch.entries {
+            if e.status == status::PENDING || !newly(e) {
+                continue;
+            }
+            match counted.binary_search(&e.seq) {
+                Ok(_) => continue,
+                Err(at) => counted.insert(at, e.seq),
+            }
+            let amount = u64::from(e.amount);
+            if e.status == status::VOID {
+                self.voids = self.voids.saturating_add(1);
+            } else if e.kind == tessera_purse::wire::kind::LOAD {
+                self.loads = self.loads.saturating_add(1);
+                self.loads_total = self.loads_total.saturating_add(amount);
+            } else {
+                self.purchases = self.purchases.saturating_add(1);
+                self.purchases_total = self.purchases_total.saturating_add(amount);
+            }
+        }
+        self.batches = self.batches.saturating_add(1);
+        self.chain = settlement_chain_next(&self.chain, batch);
+    }
+}
+
+/// The signed body of a [`SettlementStatement`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettlementTotals {
+    /// The exporting SAM.
+    pub sam_id: [u8; 4],
+    /// The requester's nonce, echoed (freshness).
+    pub nonce: [u8; 16],
+    pub sums: SettledSums,
     /// Highest sequence number shown by a verified batch.
     pub hwm: u32,
     /// Sequence numbers up to `hwm` not yet settled (shown PENDING, or not yet shown).
     pub open: u32,
-    /// The settlement chain after the last batch ([`settlement_chain_next`]).
-    pub chain: [u8; 32],
 }
 
 impl SettlementTotals {
     /// Encoded length: 4 + 16 + 4 + 4 + 8 + 4 + 8 + 4 + 4 + 4 + 32.
     pub const LEN: usize = 92;
 
+    /// sam_id | nonce | batches | purchases | purchases_total u64 | loads | loads_total u64
+    /// | voids | hwm | open | chain (32), integers big-endian.
     pub fn encode(&self) -> Vec<u8> {
+        let m = &self.sums;
         let mut v = Vec::with_capacity(Self::LEN);
         v.extend_from_slice(&self.sam_id);
         v.extend_from_slice(&self.nonce);
-        v.extend_from_slice(&self.batches.to_be_bytes());
-        v.extend_from_slice(&self.purchases.to_be_bytes());
-        v.extend_from_slice(&self.purchases_total.to_be_bytes());
-        v.extend_from_slice(&self.loads.to_be_bytes());
-        v.extend_from_slice(&self.loads_total.to_be_bytes());
-        v.extend_from_slice(&self.voids.to_be_bytes());
+        v.extend_from_slice(&m.batches.to_be_bytes());
+        v.extend_from_slice(&m.purchases.to_be_bytes());
+        v.extend_from_slice(&m.purchases_total.to_be_bytes());
+        v.extend_from_slice(&m.loads.to_be_bytes());
+        v.extend_from_slice(&m.loads_total.to_be_bytes());
+        v.extend_from_slice(&m.voids.to_be_bytes());
         v.extend_from_slice(&self.hwm.to_be_bytes());
         v.extend_from_slice(&self.open.to_be_bytes());
-        v.extend_from_slice(&self.chain);
+        v.extend_from_slice(&m.chain);
         v
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
         let u64_ = |r: &mut Reader<'_>| r.bytes::<8>().map(u64::from_be_bytes);
+        let sam_id = r.bytes()?;
+        let nonce = r.bytes()?;
+        let batches = r.u32()?;
+        let purchases = r.u32()?;
+        let purchases_total = u64_(r)?;
+        let loads = r.u32()?;
+        let loads_total = u64_(r)?;
+        let voids = r.u32()?;
+        let hwm = r.u32()?;
+        let open = r.u32()?;
+        let chain = r.bytes()?;
         Ok(SettlementTotals {
-            sam_id: r.bytes()?,
-            nonce: r.bytes()?,
-            batches: r.u32()?,
-            purchases: r.u32()?,
-            purchases_total: u64_(r)?,
-            loads: r.u32()?,
-            loads_total: u64_(r)?,
-            voids: r.u32()?,
-            hwm: r.u32()?,
-            open: r.u32()?,
-            chain: r.bytes()?,
+            sam_id,
+            nonce,
+            sums: SettledSums {
+                batches,
+                purchases,
+                purchases_total,
+                loads,
+                loads_total,
+                voids,
+                chain,
+            },
+            hwm,
+            open,
         })
     }
 }
@@ -734,15 +786,17 @@ mod tests {
         let t = SettlementTotals {
             sam_id: [0, 0, 0, 2],
             nonce: [7; 16],
-            batches: 3,
-            purchases: 4,
-            purchases_total: 0x0102_0304_0506,
-            loads: 1,
-            loads_total: 9,
-            voids: 2,
+            sums: SettledSums {
+                batches: 3,
+                purchases: 4,
+                purchases_total: 0x0102_0304_0506,
+                loads: 1,
+                loads_total: 9,
+                voids: 2,
+                chain: [0xC5; 32],
+            },
             hwm: 11,
             open: 1,
-            chain: [0xC5; 32],
         };
         assert_eq!(t.encode().len(), SettlementTotals::LEN);
         let st = SettlementStatement {

@@ -1060,11 +1060,11 @@ where
                 "another SAM's, or an answer to another request".into(),
             ));
         }
-        let chain_has_batch = t.batches > 0 && t.hwm >= ack.last_seq;
+        let chain_has_batch = t.sums.batches > 0 && t.hwm >= ack.last_seq;
         if !chain_has_batch {
             return Err(FlowError::BadStatement(format!(
                 "it shows {} batches up to seq {}, after a batch up to seq {}",
-                t.batches, t.hwm, ack.last_seq
+                t.sums.batches, t.hwm, ack.last_seq
             )));
         }
         let verified = VerifiedBatch {

@@ -382,7 +382,7 @@ fn settlement_record_is_stored_before_the_ack_and_settled_once() {
     let mut t = again.statement.totals.clone();
     t.nonce = first.statement.totals.nonce;
     assert_eq!(t, first.statement.totals);
-    assert_eq!(t.batches, 1);
+    assert_eq!(t.sums.batches, 1);
     let mut seqs: Vec<u32> = records
         .values()
         .flat_map(|r| r.settled.iter().map(|e| e.seq))

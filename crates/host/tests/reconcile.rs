@@ -94,8 +94,14 @@ fn complete_records_reconcile_with_the_issuer_sam() {
     let (mut w, records, key) = scenario();
     assert_eq!(records.len(), 3);
     let r = check(&mut w, &records, &key).unwrap();
-    assert_eq!((r.batches, r.purchases, r.purchases_total), (3, 6, 2_100));
-    assert_eq!((r.loads, r.loads_total, r.voids, r.open), (0, 0, 0, 0));
+    assert_eq!(
+        (r.sums.batches, r.sums.purchases, r.sums.purchases_total),
+        (3, 6, 2_100)
+    );
+    assert_eq!(
+        (r.sums.loads, r.sums.loads_total, r.sums.voids, r.open),
+        (0, 0, 0, 0)
+    );
     // Any order; a record stored twice (its ack was lost and the run repeated) counts once.
     let shuffled = vec![
         records[2].clone(),
@@ -105,7 +111,10 @@ fn complete_records_reconcile_with_the_issuer_sam() {
     ];
     assert_eq!(check(&mut w, &shuffled, &key).unwrap(), r);
     // Each record's own statement numbers its batch.
-    let numbers: Vec<u32> = records.iter().map(|b| b.statement.totals.batches).collect();
+    let numbers: Vec<u32> = records
+        .iter()
+        .map(|b| b.statement.totals.sums.batches)
+        .collect();
     assert_eq!(numbers, vec![1, 2, 3]);
 }
 
@@ -152,7 +161,7 @@ fn an_altered_record_is_found() {
     );
     // A statement edited to match: its signature no longer verifies.
     let mut forged = records.clone();
-    forged[0].statement.totals.purchases_total += 1;
+    forged[0].statement.totals.sums.purchases_total += 1;
     let e = check(&mut w, &forged, &key).unwrap_err();
     assert!(matches!(e, ReconcileError::BadSignature { .. }), "{e}");
     // A record whose ack is of another batch.
@@ -225,12 +234,17 @@ fn the_statement_counts_loads_voids_and_open_entries() {
         .unwrap();
     let t = &st.totals;
     assert_eq!(
-        (t.loads, t.loads_total, t.voids, t.purchases),
+        (
+            t.sums.loads,
+            t.sums.loads_total,
+            t.sums.voids,
+            t.sums.purchases
+        ),
         (1, 700, 1, 0)
     );
-    assert_eq!(t.batches, 1);
+    assert_eq!(t.sums.batches, 1);
     assert_eq!(
-        t.chain,
+        t.sums.chain,
         sw_::settlement_chain_next(&[0; 32], &records[0].batch)
     );
     // A terminal SAM has no settlement statement to give.

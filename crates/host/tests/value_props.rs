@@ -949,10 +949,13 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
             .flat_map(|(_, es)| es)
             .filter(|e| e.status == status::VOID)
             .count() as u32;
-        prop_assert_eq!(st.batches, batches, "statement batches of {:?}", sam);
-        prop_assert_eq!((st.loads, st.loads_total), sum(kind::LOAD));
-        prop_assert_eq!((st.purchases, st.purchases_total), sum(kind::PURCHASE));
-        prop_assert_eq!(st.voids, voids);
+        prop_assert_eq!(st.sums.batches, batches, "statement batches of {:?}", sam);
+        prop_assert_eq!((st.sums.loads, st.sums.loads_total), sum(kind::LOAD));
+        prop_assert_eq!(
+            (st.sums.purchases, st.sums.purchases_total),
+            sum(kind::PURCHASE)
+        );
+        prop_assert_eq!(st.sums.voids, voids);
         prop_assert_eq!(st.open, 0, "open entries after a full settlement");
     }
     let confirmed: BTreeMap<([u8; 4], u32), Applied> = settled

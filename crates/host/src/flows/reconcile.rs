@@ -14,7 +14,7 @@ use serde::Serialize;
 use std::time::SystemTime;
 use tessera_crypto::rsa::RsaPublicKey;
 use tessera_crypto::x509::{self, CardRole, RevocationList};
-use tessera_sam::wire::{self as sw_, SettlementStatement, SettlementTotals, status};
+use tessera_sam::wire::{SettledSums, SettlementStatement};
 
 /// Why settlement records do not reconcile (or could not be checked).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,19 +53,25 @@ pub enum ReconcileError {
 pub struct ReconcileReport {
     #[serde(serialize_with = "super::hex_ser")]
     pub sam_id: [u8; 4],
-    /// Settled batches (records).
-    pub batches: u32,
-    pub purchases: u32,
-    pub purchases_total: u64,
-    pub loads: u32,
-    pub loads_total: u64,
-    pub voids: u32,
+    /// Batches (records), counts and sums settled, and the chain both sides agree on.
+    #[serde(flatten, serialize_with = "sums_ser")]
+    pub sums: SettledSums,
     /// Highest sequence number settled, and the ones at or below it not yet settled.
     pub hwm: u32,
     pub open: u32,
-    /// The settlement chain both sides agree on.
-    #[serde(serialize_with = "super::hex_ser")]
-    pub chain: [u8; 32],
+}
+
+fn sums_ser<S: serde::Serializer>(m: &SettledSums, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(7))?;
+    map.serialize_entry("batches", &m.batches)?;
+    map.serialize_entry("purchases", &m.purchases)?;
+    map.serialize_entry("purchases_total", &m.purchases_total)?;
+    map.serialize_entry("loads", &m.loads)?;
+    map.serialize_entry("loads_total", &m.loads_total)?;
+    map.serialize_entry("voids", &m.voids)?;
+    map.serialize_entry("chain", &hex::encode_upper(m.chain))?;
+    map.end()
 }
 
 /// The issuer SAM's attestation public key, from its certificate (DER) checked against the
@@ -118,9 +124,9 @@ fn check_statement(
         .map_err(|_| ReconcileError::BadSignature { what: what.into() })
 }
 
-/// The totals that must agree (everything but the nonce, which differs per statement,
-/// and `hwm` / `open`, which only the SAM knows beyond the entries shown).
-fn agree(a: &SettlementTotals, b: &SettlementTotals) -> Option<String> {
+/// Where two accounts differ (the nonce, `hwm` and `open` aside: only the SAM knows those
+/// beyond the entries shown).
+fn agree(a: &SettledSums, b: &SettledSums) -> Option<String> {
     let pairs = [
         ("batches", u64::from(a.batches), u64::from(b.batches)),
         ("purchases", u64::from(a.purchases), u64::from(b.purchases)),
@@ -162,7 +168,7 @@ pub fn reconcile(
     for r in records {
         let what = format!(
             "record of batch {} (last seq {}, MAC {})",
-            r.statement.totals.batches,
+            r.statement.totals.sums.batches,
             r.ack.last_seq,
             hex::encode_upper(r.batch.mac)
         );
@@ -181,21 +187,18 @@ pub fn reconcile(
         }
         ordered.push(r);
     }
-    ordered.sort_by_key(|r| r.statement.totals.batches);
+    ordered.sort_by_key(|r| r.statement.totals.sums.batches);
     // The same batch stored twice (its ack was lost, the run repeated) counts once.
     ordered.dedup_by(|a, b| {
-        a.statement.totals.batches == b.statement.totals.batches
+        a.statement.totals.sums.batches == b.statement.totals.sums.batches
             && a.batch.mac == b.batch.mac
             && a.ack.last_seq == b.ack.last_seq
     });
 
-    let mut t = SettlementTotals {
-        sam_id: *sam_id,
-        ..SettlementTotals::default()
-    };
+    let mut t = SettledSums::default();
     for (i, r) in ordered.iter().enumerate() {
         let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let got = r.statement.totals.batches;
+        let got = r.statement.totals.sums.batches;
         if got != n {
             return Err(ReconcileError::Mismatch(if got > n {
                 format!("the record of batch {n} is missing (the next record is batch {got})")
@@ -203,33 +206,10 @@ pub fn reconcile(
                 format!("two different records claim batch {got}")
             }));
         }
-        t.batches = n;
-        t.chain = sw_::settlement_chain_next(&t.chain, &r.batch);
-        // The settled entries are the batch's final ones (the batch MAC covers them; the
-        // record's own list is not trusted).
-        let mut seen: Vec<u32> = Vec::new();
-        for e in r
-            .batch
-            .entries
-            .iter()
-            .filter(|e| e.status != status::PENDING)
-        {
-            match seen.binary_search(&e.seq) {
-                Ok(_) => continue,
-                Err(at) => seen.insert(at, e.seq),
-            }
-            let amount = u64::from(e.amount);
-            if e.status == status::VOID {
-                t.voids = t.voids.saturating_add(1);
-            } else if e.kind == tessera_purse::wire::kind::LOAD {
-                t.loads = t.loads.saturating_add(1);
-                t.loads_total = t.loads_total.saturating_add(amount);
-            } else {
-                t.purchases = t.purchases.saturating_add(1);
-                t.purchases_total = t.purchases_total.saturating_add(amount);
-            }
-        }
-        if let Some(diff) = agree(&t, &r.statement.totals) {
+        // The settled entries are the batch's final ones (the batch MAC and the chain
+        // cover them; the record's own list is not trusted).
+        t.add_batch(&r.batch, |_| true);
+        if let Some(diff) = agree(&t, &r.statement.totals.sums) {
             return Err(ReconcileError::Mismatch(format!(
                 "at batch {n} (last seq {}): {diff}",
                 r.ack.last_seq
@@ -237,27 +217,21 @@ pub fn reconcile(
         }
     }
     let f = &fresh.totals;
-    if f.batches > t.batches {
+    if f.sums.batches > t.batches {
         return Err(ReconcileError::Mismatch(format!(
             "the issuer SAM settled {} batches, the records end at batch {}: {} record(s) missing",
-            f.batches,
+            f.sums.batches,
             t.batches,
-            f.batches - t.batches
+            f.sums.batches - t.batches
         )));
     }
-    if let Some(diff) = agree(&t, f) {
+    if let Some(diff) = agree(&t, &f.sums) {
         return Err(ReconcileError::Mismatch(diff));
     }
     Ok(ReconcileReport {
         sam_id: *sam_id,
-        batches: f.batches,
-        purchases: f.purchases,
-        purchases_total: f.purchases_total,
-        loads: f.loads,
-        loads_total: f.loads_total,
-        voids: f.voids,
+        sums: t,
         hwm: f.hwm,
         open: f.open,
-        chain: f.chain,
     })
 }
