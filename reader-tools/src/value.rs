@@ -332,6 +332,29 @@ fn money(amount: u64, currency: u16) -> String {
     }
 }
 
+/// Read the scheme files `names` in `dir`. An empty name is a file the scheme was made
+/// without (before `made_before` existed): refused with a message asking to re-create it.
+fn read_scheme_files<const N: usize>(
+    dir: &Path,
+    names: [&str; N],
+    what: &str,
+    made_before: &str,
+) -> CliResult<[Vec<u8>; N]> {
+    if names.iter().any(|n| n.is_empty()) {
+        return Err(format!(
+            "the scheme in {} has no {what} (made before {made_before}): re-create it with `tessera scheme init`",
+            dir.display()
+        )
+        .into());
+    }
+    let mut out: [Vec<u8>; N] = std::array::from_fn(|_| Vec::new());
+    for (slot, name) in out.iter_mut().zip(names) {
+        let p = dir.join(name);
+        *slot = std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    }
+    Ok(out)
+}
+
 fn parse_hex_n<const N: usize>(what: &str, s: &str) -> CliResult<[u8; N]> {
     let v = hex::decode(s.trim()).map_err(|e| format!("{what}: invalid hex {s:?}: {e}"))?;
     <[u8; N]>::try_from(v.as_slice()).map_err(|_| {
@@ -465,19 +488,13 @@ impl Scheme {
     }
     /// The chip manufacturer CA (the factory's signing key for chip certificates).
     fn manufacturer(&self, dir: &Path) -> CliResult<kit::ManufacturerCa> {
-        if self.manufacturer_ca_key.is_empty() || self.manufacturer_ca_cert.is_empty() {
-            return Err(format!(
-                "the scheme in {} has no chip manufacturer CA (made before chip attestation): re-create it with `tessera scheme init`",
-                dir.display()
-            )
-            .into());
-        }
-        let read = |name: &str| {
-            let p = dir.join(name);
-            std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-        };
-        let key = zeroize::Zeroizing::new(read(&self.manufacturer_ca_key)?);
-        let cert = read(&self.manufacturer_ca_cert)?;
+        let [key, cert] = read_scheme_files(
+            dir,
+            [&self.manufacturer_ca_key, &self.manufacturer_ca_cert],
+            "chip manufacturer CA",
+            "chip attestation",
+        )?;
+        let key = zeroize::Zeroizing::new(key);
         kit::ManufacturerCa::from_der(&key, &cert)
             .map_err(|e| format!("chip manufacturer CA in {}: {e}", dir.display()).into())
     }
@@ -1309,23 +1326,16 @@ fn sam_reconcile(a: &SamReconcileArgs) -> CliResult<Out> {
     let scheme = Scheme::load(dir)?;
     let sam_id: [u8; 4] = parse_hex_n("--sam-id", &a.sam_id)?;
     let issuer_id: [u8; 4] = parse_hex_n("scheme.json issuer_sam_id", &scheme.issuer_sam_id)?;
-    if scheme.issuer_attestation_cert.is_empty() || scheme.manufacturer_ca_cert.is_empty() {
-        return Err(format!(
-            "the scheme in {} has no issuer SAM attestation certificate (made before settlement statements): re-create it with `tessera scheme init`",
-            dir.display()
-        )
-        .into());
-    }
-    let read = |name: &str| {
-        let p = dir.join(name);
-        std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-    };
-    let key = reconcile::issuer_statement_key(
-        &read(&scheme.issuer_attestation_cert)?,
-        &read(&scheme.manufacturer_ca_cert)?,
-        &issuer_id,
-        SystemTime::now(),
+    let [cert, ca] = read_scheme_files(
+        dir,
+        [
+            &scheme.issuer_attestation_cert,
+            &scheme.manufacturer_ca_cert,
+        ],
+        "issuer SAM attestation certificate",
+        "settlement statements",
     )?;
+    let key = reconcile::issuer_statement_key(&cert, &ca, &issuer_id, SystemTime::now())?;
     let records = read_settlement_records(&dir.join(SETTLEMENT_DIR), &sam_id)?;
     let (mut issuer, _) = scheme.open_issuer(dir, a.issuer_pin.as_deref())?;
     let mut nonce = [0u8; 16];
