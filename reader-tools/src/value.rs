@@ -1269,7 +1269,14 @@ fn store_settlement(sdir: &Path, b: &flows::VerifiedBatch) -> CliResult<PathBuf>
 }
 
 /// Read back the settlement records of `sam_id` in `sdir` (files `<SAM ID>-*.json`).
-fn read_settlement_records(sdir: &Path, sam_id: &[u8; 4]) -> CliResult<Vec<flows::VerifiedBatch>> {
+/// Records written before settlement statements (no `statement_hex`) are skipped and
+/// counted: they are outside the chain (the chain still shows any record missing after
+/// them). The readable fields of a record must agree with its MACed batch and signed
+/// statement, so nobody reads amounts the reconciliation did not check.
+fn read_settlement_records(
+    sdir: &Path,
+    sam_id: &[u8; 4],
+) -> CliResult<(Vec<flows::VerifiedBatch>, usize)> {
     let prefix = format!("{}-", hex::encode_upper(sam_id));
     let mut files: Vec<PathBuf> = match std::fs::read_dir(sdir) {
         Ok(rd) => rd
@@ -1286,6 +1293,7 @@ fn read_settlement_records(sdir: &Path, sam_id: &[u8; 4]) -> CliResult<Vec<flows
     };
     files.sort();
     let mut out = Vec::with_capacity(files.len());
+    let mut skipped = 0;
     for f in files {
         let bad = |why: String| format!("settlement record {}: {why}", f.display());
         let text = std::fs::read_to_string(&f).map_err(|e| bad(e.to_string()))?;
@@ -1298,26 +1306,48 @@ fn read_settlement_records(sdir: &Path, sam_id: &[u8; 4]) -> CliResult<Vec<flows
             })?;
             Ok(hex::decode(h).map_err(|e| bad(format!("{name}: invalid hex: {e}")))?)
         };
+        if v.get("statement_hex").is_none() && v.get("batch_hex").is_some() {
+            skipped += 1;
+            continue;
+        }
         let batch =
             JournalBatch::decode(&field("batch_hex")?).map_err(|e| bad(format!("batch: {e}")))?;
         let ack =
             sw_::JournalAck::decode(&field("ack_hex")?).map_err(|e| bad(format!("ack: {e}")))?;
         let statement = sw_::SettlementStatement::decode(&field("statement_hex")?)
             .map_err(|e| bad(format!("statement: {e}")))?;
-        let settled = batch
+        let settled: Vec<JournalEntry> = batch
             .entries
             .iter()
             .filter(|e| e.status != sw_::status::PENDING)
             .cloned()
             .collect();
-        out.push(flows::VerifiedBatch {
+        let record = flows::VerifiedBatch {
             batch,
             ack,
             settled,
             statement,
-        });
+        };
+        for (name, want) in [
+            ("sam_id", json!(hex::encode_upper(record.batch.sam_id))),
+            ("last_seq", json!(record.ack.last_seq)),
+            ("batch_mac", json!(hex::encode_upper(record.batch.mac))),
+            ("batch_no", json!(record.statement.totals.sums.batches)),
+            (
+                "entries",
+                json!(record.settled.iter().map(entry_json).collect::<Vec<_>>()),
+            ),
+        ] {
+            if v[name] != want {
+                return Err(bad(format!(
+                    "{name:?} disagrees with the record's MACed batch and signed statement"
+                ))
+                .into());
+            }
+        }
+        out.push(record);
     }
-    Ok(out)
+    Ok((out, skipped))
 }
 
 fn sam_reconcile(a: &SamReconcileArgs) -> CliResult<Out> {
@@ -1336,7 +1366,7 @@ fn sam_reconcile(a: &SamReconcileArgs) -> CliResult<Out> {
         "settlement statements",
     )?;
     let key = reconcile::issuer_statement_key(&cert, &ca, &issuer_id, SystemTime::now())?;
-    let records = read_settlement_records(&dir.join(SETTLEMENT_DIR), &sam_id)?;
+    let (records, skipped) = read_settlement_records(&dir.join(SETTLEMENT_DIR), &sam_id)?;
     let (mut issuer, _) = scheme.open_issuer(dir, a.issuer_pin.as_deref())?;
     let mut nonce = [0u8; 16];
     tessera_crypto::rng::CardRng::from_entropy().fill(&mut nonce);
@@ -1351,7 +1381,8 @@ fn sam_reconcile(a: &SamReconcileArgs) -> CliResult<Out> {
             )
         },
     )?;
-    let text = format!(
+    let unchecked = usize::try_from(r.pre_statement).unwrap_or(usize::MAX) + skipped;
+    let mut text = format!(
         "SAM {}: {} settlement record(s) reconcile with the issuer SAM's signed statement
   purchases {} ({}), loads {} ({}), {} void
   settled up to seq {}, {} open
@@ -1366,8 +1397,14 @@ fn sam_reconcile(a: &SamReconcileArgs) -> CliResult<Out> {
         r.hwm,
         r.open
     );
+    if unchecked > 0 {
+        let _ = writeln!(
+            text,
+            "  {unchecked} record(s) from before settlement statements not checked"
+        );
+    }
     Ok(Out {
-        json: json!({ "reconciled": serde_json::to_value(&r)? }),
+        json: json!({ "reconciled": serde_json::to_value(&r)?, "unchecked_records": unchecked }),
         text,
     })
 }

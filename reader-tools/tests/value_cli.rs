@@ -111,6 +111,16 @@ fn issue_load_pay_show_settle() {
     assert!(err.contains("1 record(s) missing"), "{err}");
     std::fs::rename(&aside, record).unwrap();
     ok_json(&["sam", "reconcile", "--scheme", &scheme, "--sam-id", &sam_id]);
+    // A readable amount edited in the record (its MACed batch untouched) is refused too.
+    let original = std::fs::read_to_string(record).unwrap();
+    let mut edited: serde_json::Value = serde_json::from_str(&original).unwrap();
+    edited["entries"][0]["amount"] = serde_json::json!(5);
+    std::fs::write(record, edited.to_string()).unwrap();
+    let o = tessera(&["sam", "reconcile", "--scheme", &scheme, "--sam-id", &sam_id]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("\"entries\" disagrees"), "{err}");
+    std::fs::write(record, original).unwrap();
     // `load` takes the issuer SAM explicitly too; a terminal SAM is refused.
     let r = ok_json(&[
         "load",

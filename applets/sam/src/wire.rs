@@ -447,7 +447,8 @@ pub fn settlement_chain_next(prev: &[u8; 32], batch: &JournalBatch) -> [u8; 32] 
 /// [`SettlementStatement`], recomputed from the records by a back end.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SettledSums {
-    /// Batches that settled at least one entry (the chain's length).
+    /// Batches VERIFY JOURNAL accepted (the chain's length); a batch of new PENDING
+    /// entries only counts too (it moves `hwm`).
     pub batches: u32,
     /// CONFIRMED purchases settled, and their amounts.
     pub purchases: u32,

@@ -1060,8 +1060,9 @@ where
                 "another SAM's, or an answer to another request".into(),
             ));
         }
-        let chain_has_batch = t.sums.batches > 0 && t.hwm >= ack.last_seq;
-        if !chain_has_batch {
+        // The statement covers the batch. (Its batch count is 0 only for a batch verified
+        // before the issuer SAM kept statements, repeated after a lost ack.)
+        if t.hwm < ack.last_seq {
             return Err(FlowError::BadStatement(format!(
                 "it shows {} batches up to seq {}, after a batch up to seq {}",
                 t.sums.batches, t.hwm, ack.last_seq

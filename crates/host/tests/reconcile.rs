@@ -140,9 +140,11 @@ fn a_missing_record_is_found() {
 #[test]
 fn an_altered_record_is_found() {
     let (mut w, records, key) = scenario();
-    // An entry's amount changed (the batch MAC kept): the totals differ.
+    // An entry's amount changed in the batch and in the record's list alike (the batch
+    // MAC kept): the totals differ.
     let mut altered = records.clone();
     altered[1].batch.entries[0].amount += 1;
+    altered[1].settled[0].amount += 1;
     let e = check(&mut w, &altered, &key).unwrap_err();
     assert!(
         matches!(&e, ReconcileError::Mismatch(m) if m.contains("batch 2")),
@@ -154,6 +156,7 @@ fn an_altered_record_is_found() {
     let (a0, a1) = (b[0].amount, b[1].amount);
     b[0].amount = a1;
     b[1].amount = a0;
+    swapped[2].settled = swapped[2].batch.entries.clone();
     let e = check(&mut w, &swapped, &key).unwrap_err();
     assert!(
         matches!(&e, ReconcileError::Mismatch(m) if m.contains("chain")),
@@ -164,6 +167,25 @@ fn an_altered_record_is_found() {
     forged[0].statement.totals.sums.purchases_total += 1;
     let e = check(&mut w, &forged, &key).unwrap_err();
     assert!(matches!(e, ReconcileError::BadSignature { .. }), "{e}");
+    // A second copy of a record, altered, next to the genuine one.
+    let mut doubled = records.clone();
+    let mut copy = records[1].clone();
+    copy.batch.entries[0].amount += 1;
+    copy.settled[0].amount += 1;
+    doubled.push(copy);
+    let e = check(&mut w, &doubled, &key).unwrap_err();
+    assert!(
+        matches!(&e, ReconcileError::Mismatch(m) if m.contains("two different records claim batch 2")),
+        "{e}"
+    );
+    // The record's own list of settled entries edited (its batch untouched).
+    let mut listed = records.clone();
+    listed[0].settled[0].amount += 1;
+    let e = check(&mut w, &listed, &key).unwrap_err();
+    assert!(matches!(e, ReconcileError::BadRecord { .. }), "{e}");
+    listed[0].settled.pop();
+    let e = check(&mut w, &listed, &key).unwrap_err();
+    assert!(matches!(e, ReconcileError::BadRecord { .. }), "{e}");
     // A record whose ack is of another batch.
     let mut mixed = records.clone();
     mixed[0].ack = records[1].ack.clone();

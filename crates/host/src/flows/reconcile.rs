@@ -14,7 +14,7 @@ use serde::Serialize;
 use std::time::SystemTime;
 use tessera_crypto::rsa::RsaPublicKey;
 use tessera_crypto::x509::{self, CardRole, RevocationList};
-use tessera_sam::wire::{SettledSums, SettlementStatement};
+use tessera_sam::wire::{JournalEntry, SettledSums, SettlementStatement, status};
 
 /// Why settlement records do not reconcile (or could not be checked).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +59,9 @@ pub struct ReconcileReport {
     /// Highest sequence number settled, and the ones at or below it not yet settled.
     pub hwm: u32,
     pub open: u32,
+    /// Records of batches verified before the issuer SAM kept statements (their statement
+    /// shows no batch): not part of the chain, so not checked.
+    pub pre_statement: u32,
 }
 
 fn sums_ser<S: serde::Serializer>(m: &SettledSums, s: S) -> Result<S::Ok, S::Error> {
@@ -165,6 +168,7 @@ pub fn reconcile(
     // Check each record on its own, then order them by the batch number their statement
     // gives.
     let mut ordered: Vec<&VerifiedBatch> = Vec::with_capacity(records.len());
+    let mut pre_statement = 0u32;
     for r in records {
         let what = format!(
             "record of batch {} (last seq {}, MAC {})",
@@ -185,15 +189,46 @@ pub fn reconcile(
                 why: "its ack does not acknowledge its batch".into(),
             });
         }
+        let finals: Vec<&JournalEntry> = r
+            .batch
+            .entries
+            .iter()
+            .filter(|e| e.status != status::PENDING)
+            .collect();
+        if !r.settled.iter().eq(finals) {
+            return Err(ReconcileError::BadRecord {
+                what,
+                why: "its list of settled entries is not its batch's final entries".into(),
+            });
+        }
+        if r.statement.totals.sums.batches == 0 {
+            // Verified by an issuer SAM before it kept statements (an `S/` record of the
+            // old layout, repeated after a lost ack): outside the chain, not checked.
+            pre_statement += 1;
+            continue;
+        }
         ordered.push(r);
     }
     ordered.sort_by_key(|r| r.statement.totals.sums.batches);
-    // The same batch stored twice (its ack was lost, the run repeated) counts once.
-    ordered.dedup_by(|a, b| {
-        a.statement.totals.sums.batches == b.statement.totals.sums.batches
-            && a.batch.mac == b.batch.mac
-            && a.ack.last_seq == b.ack.last_seq
-    });
+    // The same batch stored twice (its ack was lost and the run repeated; its statements
+    // differ only by their nonces) counts once. Two different records for one batch
+    // number: one of them is not what the issuer SAM settled.
+    let mut unique: Vec<&VerifiedBatch> = Vec::with_capacity(ordered.len());
+    for r in ordered {
+        if let Some(prev) = unique.last() {
+            let n = r.statement.totals.sums.batches;
+            if prev.statement.totals.sums.batches == n {
+                if prev.batch == r.batch && prev.ack == r.ack {
+                    continue;
+                }
+                return Err(ReconcileError::Mismatch(format!(
+                    "two different records claim batch {n}"
+                )));
+            }
+        }
+        unique.push(r);
+    }
+    let ordered = unique;
 
     let mut t = SettledSums::default();
     for (i, r) in ordered.iter().enumerate() {
@@ -233,5 +268,6 @@ pub fn reconcile(
         sums: t,
         hwm: f.hwm,
         open: f.open,
+        pre_statement,
     })
 }
