@@ -46,6 +46,8 @@ finish() {
     if [ -n "$PCSCD_PID" ]; then
         kill -TERM "$PCSCD_PID" 2>/dev/null && wait "$PCSCD_PID" 2>/dev/null
     fi
+    # Keep the work directory (logs, images) only when something failed.
+    if [ "$FAIL" -eq 0 ]; then rm -rf "$WORK"; fi
     say "pcsc: $PASS passed, $FAIL failed"
 }
 trap finish EXIT
@@ -235,9 +237,14 @@ check "load 1000 into the purse through PC/SC (--reader)" "$T" load --scheme "$S
 check "pay 250 through PC/SC (--reader, --sam-reader)" "$T" pay --reader "$R0" --sam-reader "$R1" --amount 250
 check "pay over the balance is refused through PC/SC" bash -c "! '$T' pay --reader '$R0' --sam-reader '$R1' --amount 5000"
 check "purse show --reader: balance 750" bash -c "'$T' purse show --reader '$R0' --json | grep -q '\"balance\":750'"
+# Settlement with the SAM in the reader: EXPORT / ACK JOURNAL through PC/SC, VERIFY JOURNAL
+# and the 354-byte signed statement at the scheme's issuer SAM image.
+check "settle the terminal SAM's journal through PC/SC (--sam-reader)" bash -c "'$T' sam journal --sam-reader '$R1' --settle --scheme '$SCHEME' --json | grep -q '\"purchases_total\":250'"
 check "stop serve (purse and SAM leave both readers)" stop_serve
 check "the purse image kept the balance after serve stopped" bash -c "'$T' purse show --card '$PURSE' --json | grep -q '\"balance\":750'"
-check "the SAM image journalled the purchase" bash -c "'$T' sam journal --sam '$TSAM' --json | grep -q '250'"
+check "the SAM image's journal is empty after the settlement" bash -c "'$T' sam show --sam '$TSAM' --json | grep -q '\"journal_count\":0'"
+# The scheme's first terminal SAM is 00000002.
+check "sam reconcile: the record matches the issuer SAM's signed statement" bash -c "'$T' sam reconcile --scheme '$SCHEME' --sam-id 00000002 --json | grep -q '\"purchases_total\":250'"
 start_serve
 check "diag cards served again for the benchmark" wait_select "$R0" "$DIAG_AID"
 
@@ -245,11 +252,11 @@ check "diag cards served again for the benchmark" wait_select "$R0" "$DIAG_AID"
 N="${PCSC_BENCH_N:-2000}"
 if [ "$N" -gt 0 ]; then
     check "bench: served card" bash -c "'$T' script bench --reader '$R0' -n $N | tee -a '$WORK/bench.txt'"
-    stop_serve
+    check "stop serve (diag cards leave both readers)" stop_serve
     "$T" serve --echo-floor >>"$WORK/serve.log" 2>&1 &
     SERVE_PID=$!
     PIDS+=("$SERVE_PID")
-    wait_select "$R0" "$DIAG_AID"
+    check "echo floor answers in slot 0" wait_select "$R0" "$DIAG_AID"
     check "bench: echo floor (pcscd+vpcd, no card)" bash -c "'$T' script bench --reader '$R0' -n $N | tee -a '$WORK/bench.txt'"
     sed -n 's/^\(.*\)$/  \1/p' "$WORK/bench.txt"
 fi
