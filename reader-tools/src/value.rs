@@ -1316,12 +1316,7 @@ fn read_settlement_records(
             sw_::JournalAck::decode(&field("ack_hex")?).map_err(|e| bad(format!("ack: {e}")))?;
         let statement = sw_::SettlementStatement::decode(&field("statement_hex")?)
             .map_err(|e| bad(format!("statement: {e}")))?;
-        let settled: Vec<JournalEntry> = batch
-            .entries
-            .iter()
-            .filter(|e| e.status != sw_::status::PENDING)
-            .cloned()
-            .collect();
+        let settled = batch.final_entries();
         let record = flows::VerifiedBatch {
             batch,
             ack,

@@ -384,6 +384,14 @@ impl JournalBatch {
             mac,
         })
     }
+    /// The entries the batch shows CONFIRMED or VOID (what its ack drops), in order.
+    pub fn final_entries(&self) -> Vec<JournalEntry> {
+        self.entries
+            .iter()
+            .filter(|e| e.status != status::PENDING)
+            .cloned()
+            .collect()
+    }
     /// The last sequence number in the batch (0 for an empty batch).
     pub fn last_seq(&self) -> u32 {
         self.entries.iter().map(|e| e.seq).max().unwrap_or(0)

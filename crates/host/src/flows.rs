@@ -1032,12 +1032,7 @@ where
             .export_journal(0)
             .map_err(|e| sam_err("EXPORT JOURNAL", e))?;
         report.sam_id = batch.sam_id;
-        let settled: Vec<JournalEntry> = batch
-            .entries
-            .iter()
-            .filter(|e| e.status != sw_::status::PENDING)
-            .cloned()
-            .collect();
+        let settled = batch.final_entries();
         report.pending_left = batch
             .entries
             .iter()

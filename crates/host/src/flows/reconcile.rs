@@ -14,7 +14,7 @@ use serde::Serialize;
 use std::time::SystemTime;
 use tessera_crypto::rsa::RsaPublicKey;
 use tessera_crypto::x509::{self, CardRole, RevocationList};
-use tessera_sam::wire::{JournalEntry, SettledSums, SettlementStatement, status};
+use tessera_sam::wire::{SettledSums, SettlementStatement};
 
 /// Why settlement records do not reconcile (or could not be checked).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -189,13 +189,7 @@ pub fn reconcile(
                 why: "its ack does not acknowledge its batch".into(),
             });
         }
-        let finals: Vec<&JournalEntry> = r
-            .batch
-            .entries
-            .iter()
-            .filter(|e| e.status != status::PENDING)
-            .collect();
-        if !r.settled.iter().eq(finals) {
+        if r.settled != r.batch.final_entries() {
             return Err(ReconcileError::BadRecord {
                 what,
                 why: "its list of settled entries is not its batch's final entries".into(),
