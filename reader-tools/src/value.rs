@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tessera_host::clients::{PurseClient, SamClient};
 use tessera_host::flows::{self, FlowError, FlowOptions, LoadRequest, PayRequest, kit};
+use tessera_host::transport::Transport;
 use tessera_purse::wire::{self as pw, LogRecord, PurseData};
 use tessera_sam::wire::{self as sw_, JournalBatch, JournalEntry, SamData};
 
@@ -115,6 +116,9 @@ pub enum SamCmd {
     Journal(SamJournalArgs),
     /// Check a SAM's settlement records against the issuer SAM's signed statement.
     Reconcile(SamReconcileArgs),
+    /// Write off a PENDING journal entry that can no longer be resolved, with the issuer
+    /// SAM's authorisation (the issuer must have seen it PENDING in a settled batch).
+    WriteOff(SamWriteOffArgs),
 }
 
 /// `--sam FILE | --sam-reader NAME`.
@@ -188,6 +192,24 @@ pub struct SamJournalArgs {
     #[arg(long, value_name = "DIR")]
     pub scheme: Option<PathBuf>,
     /// Issuer SAM unlock PIN for --settle (default: the one in scheme.json).
+    #[arg(long)]
+    pub issuer_pin: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct SamWriteOffArgs {
+    #[arg(long, value_name = "DIR")]
+    pub scheme: PathBuf,
+    /// The SAM holding the entry (`--sam` = the issuer SAM image for its own journal).
+    #[command(flatten)]
+    pub target: SamTargetArgs,
+    /// Sequence number (SAM transaction number) of the PENDING entry.
+    #[arg(long, value_name = "N")]
+    pub seq: u32,
+    /// Unlock PIN of this SAM (default 0000).
+    #[arg(long)]
+    pub sam_pin: Option<String>,
+    /// Issuer SAM unlock PIN (default: the one in scheme.json).
     #[arg(long)]
     pub issuer_pin: Option<String>,
 }
@@ -277,6 +299,7 @@ pub fn run(c: ValueCmd, g: Global) -> CliResult {
         ValueCmd::Sam(SamCmd::Show(a)) => sam_show(&a)?,
         ValueCmd::Sam(SamCmd::Journal(a)) => sam_journal(&a)?,
         ValueCmd::Sam(SamCmd::Reconcile(a)) => sam_reconcile(&a)?,
+        ValueCmd::Sam(SamCmd::WriteOff(a)) => sam_write_off(&a)?,
         ValueCmd::Load(a) => load(&a)?,
         ValueCmd::Pay(a) => pay(&a)?,
         ValueCmd::Purse(PurseCmd::Show(a)) => purse_show(&a)?,
@@ -1086,6 +1109,7 @@ fn status_name(s: u8) -> &'static str {
         sw_::status::PENDING => "pending",
         sw_::status::CONFIRMED => "confirmed",
         sw_::status::VOID => "void",
+        sw_::status::WRITTEN_OFF => "written_off",
         _ => "unknown",
     }
 }
@@ -1122,7 +1146,7 @@ fn journal_text(entries: &[JournalEntry]) -> String {
     for e in entries {
         let _ = writeln!(
             s,
-            "  seq {:<5} {:<8} {:<9} purse {} amount {:>10} counter {}",
+            "  seq {:<5} {:<8} {:<11} purse {} amount {:>10} counter {}",
             e.seq,
             kind_name(e.kind),
             status_name(e.status),
@@ -1181,32 +1205,9 @@ fn sam_journal(a: &SamJournalArgs) -> CliResult<Out> {
         // Both SAMs commit each command, as chips do: images are saved after every command
         // of the settlement, so the batch frozen by EXPORT, the issuer's settled mark and
         // the dropped entries are on disk in that order.
-        let own = read_sam_role(&mut sam)? == sw_::role::ISSUER;
-        let result = if own {
-            // The issuer settles its own journal: one chip in both roles.
-            let shared = std::rc::Rc::new(std::cell::RefCell::new(Durable {
-                t: &mut sam,
-                what: "issuer SAM",
-            }));
-            flows::settle(
-                &mut Shared(shared.clone()),
-                &mut Shared(shared.clone()),
-                store,
-            )
-        } else {
-            let (mut issuer, _) = scheme.open_issuer(dir, a.issuer_pin.as_deref())?;
-            flows::settle(
-                &mut Durable {
-                    t: &mut sam,
-                    what: "SAM",
-                },
-                &mut Durable {
-                    t: &mut issuer,
-                    what: "issuer SAM",
-                },
-                store,
-            )
-        };
+        let result = with_issuer(&mut sam, &scheme, dir, a.issuer_pin.as_deref(), |t, i| {
+            flows::settle(t, i, store)
+        })?;
         let report = result.map_err(|e| flow_err("settlement", e))?;
         for file in &files {
             let _ = writeln!(text, "settlement record written to {}", file.display());
@@ -1222,12 +1223,14 @@ fn sam_journal(a: &SamJournalArgs) -> CliResult<Out> {
         );
         let _ = writeln!(
             text,
-            "settled {} entries in {} batch(es): purchases {}, loads {}, {} void, {} pending left",
+            "settled {} entries in {} batch(es): purchases {}, loads {}, {} void, {} written off ({}), {} pending left",
             report.settled,
             report.batches,
             money(report.purchases_total, scheme.currency),
             money(report.loads_total, scheme.currency),
             report.voided,
+            report.written_off,
+            money(report.written_off_total, scheme.currency),
             report.pending_left
         );
         j["settlement"] = serde_json::to_value(&report)?;
@@ -1237,6 +1240,67 @@ fn sam_journal(a: &SamJournalArgs) -> CliResult<Out> {
 
 fn read_sam_role(t: &mut Target) -> CliResult<u8> {
     Ok(SamClient::new(t.transport()).sam_data()?.role)
+}
+
+/// Run `f` with the open SAM `sam` and the scheme's issuer SAM, each saved after every
+/// command (as a chip commits each one). When `sam` is the issuer SAM itself (its own
+/// journal), one chip plays both parts.
+fn with_issuer<R>(
+    sam: &mut Target,
+    scheme: &Scheme,
+    dir: &Path,
+    issuer_pin: Option<&str>,
+    f: impl FnOnce(&mut dyn Transport, &mut dyn Transport) -> R,
+) -> CliResult<R> {
+    if read_sam_role(sam)? == sw_::role::ISSUER {
+        let shared = std::rc::Rc::new(std::cell::RefCell::new(Durable {
+            t: sam,
+            what: "issuer SAM",
+        }));
+        return Ok(f(&mut Shared(shared.clone()), &mut Shared(shared)));
+    }
+    let (mut issuer, _) = scheme.open_issuer(dir, issuer_pin)?;
+    Ok(f(
+        &mut Durable {
+            t: sam,
+            what: "SAM",
+        },
+        &mut Durable {
+            t: &mut issuer,
+            what: "issuer SAM",
+        },
+    ))
+}
+
+fn sam_write_off(a: &SamWriteOffArgs) -> CliResult<Out> {
+    let dir = a.scheme.as_path();
+    let scheme = Scheme::load(dir)?;
+    let mut sam = a.target.open()?;
+    let pin = a
+        .sam_pin
+        .clone()
+        .unwrap_or_else(|| String::from_utf8_lossy(kit::DEFAULT_SAM_PIN).into_owned());
+    let d = flows::open_sam(sam.transport(), pin.as_bytes()).map_err(|e| format!("SAM: {e}"))?;
+    let entry = with_issuer(&mut sam, &scheme, dir, a.issuer_pin.as_deref(), |t, i| {
+        flows::write_off(t, i, a.seq)
+    })?
+    .map_err(|e| flow_err("write-off", e))?;
+    let text = format!(
+        "SAM {}: entry seq {} written off ({} {} purse {} counter {}); the next settlement settles it as written off
+",
+        hex::encode_upper(d.sam_id),
+        entry.seq,
+        kind_name(entry.kind),
+        money(u64::from(entry.amount), scheme.currency),
+        hex::encode_upper(entry.purse_id),
+        entry.counter
+    );
+    let mut e = entry_json(&entry);
+    e["status"] = json!(status_name(sw_::status::WRITTEN_OFF));
+    Ok(Out {
+        json: json!({ "sam_id": hex::encode_upper(d.sam_id), "written_off": e }),
+        text,
+    })
 }
 
 /// Write the settlement record of a verified batch to
@@ -1379,7 +1443,7 @@ fn sam_reconcile(a: &SamReconcileArgs) -> CliResult<Out> {
     let unchecked = usize::try_from(r.pre_statement).unwrap_or(usize::MAX) + skipped;
     let mut text = format!(
         "SAM {}: {} settlement record(s) reconcile with the issuer SAM's signed statement
-  purchases {} ({}), loads {} ({}), {} void
+  purchases {} ({}), loads {} ({}), {} void, {} written off ({})
   settled up to seq {}, {} open
 ",
         hex::encode_upper(sam_id),
@@ -1389,6 +1453,8 @@ fn sam_reconcile(a: &SamReconcileArgs) -> CliResult<Out> {
         r.sums.loads,
         money(r.sums.loads_total, scheme.currency),
         r.sums.voids,
+        r.sums.written_off,
+        money(r.sums.written_off_total, scheme.currency),
         r.hwm,
         r.open
     );

@@ -183,3 +183,60 @@ fn init_pin(scheme: &str) -> String {
     .unwrap();
     v["issuer_sam_pin"].as_str().unwrap().to_string()
 }
+
+/// `sam write-off` reaches both SAMs and refuses, naming the reason, an entry that is
+/// not PENDING (a completed payment), before and after its settlement; the SAM's
+/// journal is unchanged.
+#[test]
+fn sam_write_off_refuses_an_entry_that_is_not_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let scheme = p(d, "scheme");
+    let card = p(d, "a.card");
+    let sam = p(d, "t.sam");
+    ok_json(&["scheme", "init", &scheme]);
+    ok_json(&[
+        "card", "issue", "--scheme", &scheme, "--out", &card, "--pin", "1234",
+    ]);
+    ok_json(&[
+        "sam", "issue", "--scheme", &scheme, "--role", "terminal", "--out", &sam,
+    ]);
+    ok_json(&[
+        "load", "--scheme", &scheme, "--card", &card, "--amount", "1000",
+    ]);
+    ok_json(&["pay", "--sam", &sam, "--card", &card, "--amount", "100"]);
+    let o = tessera(&[
+        "sam",
+        "write-off",
+        "--scheme",
+        &scheme,
+        "--sam",
+        &sam,
+        "--seq",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no PENDING journal entry with sequence number 1"),
+        "{err}"
+    );
+    let show = ok_json(&["sam", "show", "--sam", &sam]);
+    assert_eq!(show["journal_count"], 1);
+    ok_json(&[
+        "sam", "journal", "--sam", &sam, "--settle", "--scheme", &scheme,
+    ]);
+    let o = tessera(&[
+        "sam",
+        "write-off",
+        "--scheme",
+        &scheme,
+        "--sam",
+        &sam,
+        "--seq",
+        "1",
+        "--json",
+    ]);
+    assert!(!o.status.success());
+    assert_eq!(ok_json(&["sam", "show", "--sam", &sam])["journal_count"], 0);
+}

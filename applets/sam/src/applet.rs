@@ -11,7 +11,7 @@
 //! | `kt` | terminal: transport key and nonce between INIT KEY IMPORT and IMPORT KEYS |
 //! | `att` | RSA-2048 attestation private key (PKCS#8 DER), generated inside the SAM; never output |
 //! | `ca` | issuer: DER certificate of the chip manufacturer CA (trust anchor for chip attestation) |
-//! | `J/` + seq (u32 BE) | journal entry ([`JRec`]) whose seq is the SAM transaction number |
+//! | `J/` + seq (u32 BE) | journal entry ([`JRec`]) whose seq is the SAM transaction number; status PENDING, CONFIRMED, VOID or WRITTEN_OFF (APPLY WRITE OFF) |
 //! | `xb` | [`LastExport`]: MAC, last seq and final entries of the last exported batch |
 //! | `xp` | [`PendingExport`]: the entries of the last exported batch while it showed a final entry and is not acknowledged (EXPORT JOURNAL answers it again) |
 //! | `S/` + SAM ID | issuer: [`Settled`], what VERIFY JOURNAL has settled for that SAM: high-water mark, open sequence numbers, last batch, totals and settlement chain |
@@ -28,7 +28,7 @@
 
 use crate::wire::{
     self, BeginPurchase, CLA, Confirm, JournalAck, JournalBatch, JournalEntry, PersonaliseRequest,
-    Resolve, ResolveChallenge, SamData, SamInstall, ins, role, status, sw,
+    Resolve, ResolveChallenge, SamData, SamInstall, WriteOff, ins, role, status, sw,
 };
 use serde::{Deserialize, Serialize};
 use tessera_apdu::{Command, Sw};
@@ -164,7 +164,8 @@ struct JRec {
 
 /// The last batch EXPORT JOURNAL produced: an ACK JOURNAL is accepted only for it (same
 /// batch MAC and last seq), and drops exactly `final_seqs`, the entries it showed
-/// CONFIRMED or VOID. Entries it showed PENDING stay, whatever happened to them since.
+/// CONFIRMED, VOID or WRITTEN_OFF. Entries it showed PENDING stay, whatever happened to
+/// them since.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LastExport {
     batch_mac: Mac,
@@ -238,10 +239,55 @@ struct SettledV1 {
     last_seq: u32,
 }
 
-/// The `S/` record of a SAM, of either layout (empty when nothing was settled for it).
+/// The totals of an `S/` record as written before the write-off counts existed (a strict
+/// prefix of [`wire::SettledSums`]).
+#[derive(Debug, Clone, Deserialize)]
+struct SettledSumsV2 {
+    batches: u32,
+    purchases: u32,
+    purchases_total: u64,
+    loads: u32,
+    loads_total: u64,
+    voids: u32,
+    chain: [u8; 32],
+}
+
+/// The `S/` record as written before the write-off counts existed (a strict prefix of
+/// [`Settled`]): upgraded with zero write-off counts (nothing could be written off then).
+#[derive(Debug, Clone, Deserialize)]
+struct SettledV2 {
+    hwm: u32,
+    open: Vec<u32>,
+    last_mac: Mac,
+    last_seq: u32,
+    sums: SettledSumsV2,
+}
+
+/// The `S/` record of a SAM, of any layout (empty when nothing was settled for it).
 fn settled(ctx: &Context<'_>, key: &[u8]) -> Result<Settled, Sw> {
+    // Each older layout is a strict prefix of the newer ones: try the newest first.
     if let Ok(Some(rec)) = ctx.load::<Settled>(key) {
         return Ok(rec);
+    }
+    if let Ok(Some(v)) = ctx.load::<SettledV2>(key) {
+        let m = v.sums;
+        return Ok(Settled {
+            hwm: v.hwm,
+            open: v.open,
+            last_mac: v.last_mac,
+            last_seq: v.last_seq,
+            sums: wire::SettledSums {
+                batches: m.batches,
+                purchases: m.purchases,
+                purchases_total: m.purchases_total,
+                loads: m.loads,
+                loads_total: m.loads_total,
+                voids: m.voids,
+                chain: m.chain,
+                written_off: 0,
+                written_off_total: 0,
+            },
+        });
     }
     Ok(ctx
         .load::<SettledV1>(key)?
@@ -637,13 +683,13 @@ fn ceilings(cfg: &Config, st: &State, amount: u32, terminal_time: u32) -> Result
 struct Pick {
     /// Every entry shown, ascending.
     seqs: Vec<u32>,
-    /// Those shown CONFIRMED / VOID.
+    /// Those shown CONFIRMED / VOID / WRITTEN_OFF.
     final_seqs: Vec<u32>,
     /// Every PENDING entry up to here is shown by this batch or was reported before.
     pending_upto: u32,
 }
 
-/// Choose a new batch: the oldest `max_final` CONFIRMED / VOID entries, and the PENDING
+/// Choose a new batch: the oldest `max_final` final entries, and the PENDING
 /// entries among them (and up to the last one) not yet reported in an acknowledged batch
 /// (seq > `reported`), at most [`wire::EXPORT_PENDING_MAX`], oldest first. PENDING
 /// entries never hold final ones back: the issuer keeps every sequence number a batch
@@ -739,7 +785,7 @@ fn check_journal_space(st: &State, cfg: &Config) -> Result<(), Sw> {
     Ok(())
 }
 
-/// Stage `val` with one PENDING entry settled (CONFIRMED or VOID).
+/// Stage `val` with one PENDING entry settled (CONFIRMED, VOID or WRITTEN_OFF).
 fn count_settled(st: &mut State) {
     st.pending_count = st.pending_count.saturating_sub(1);
 }
@@ -1231,7 +1277,7 @@ impl Sam {
                     Err(sw::CARD_PROOF_INVALID)
                 }
             }
-            // A voided entry cannot become confirmed.
+            // A voided or written-off entry cannot become confirmed.
             _ => Err(Sw::CONDITIONS_NOT_SATISFIED),
         }
     }
@@ -1242,7 +1288,8 @@ impl Sam {
         let rec = journal_get(ctx, c.sam_txn)?
             .filter(|r| r.kind == entry_kind && r.purse_id == c.purse_id)
             .ok_or(sw::NO_SUCH_TXN)?;
-        if rec.status == status::VOID {
+        // A voided or written-off entry never becomes confirmed.
+        if rec.status == status::VOID || rec.status == status::WRITTEN_OFF {
             return Err(Sw::CONDITIONS_NOT_SATISFIED);
         }
         if c.amount != rec.amount || c.counter != rec.counter {
@@ -1361,7 +1408,8 @@ impl Sam {
                 ctx.save(&j_key(rec.seq), &rec)?;
                 Ok(vec![status::VOID])
             }
-            // The purse says "not applied" for an entry it proved applied: refuse.
+            // The purse says "not applied" for an entry it proved applied, or the entry was
+            // written off (final, never changed by RESOLVE): refuse.
             _ => Err(Sw::CONDITIONS_NOT_SATISFIED),
         }
     }
@@ -1477,7 +1525,7 @@ impl Sam {
             })
             .ok_or(Sw::CONDITIONS_NOT_SATISFIED)?;
         let mut st = state(ctx)?;
-        // Entries shown CONFIRMED or VOID never change again; those already dropped (an
+        // Entries shown in a final state never change again; those already dropped (an
         // ack sent twice) are skipped.
         let before = st.journal_count;
         drop_entries(ctx, &mut st, &last.final_seqs)?;
@@ -1623,6 +1671,91 @@ impl Sam {
     }
 }
 
+impl Sam {
+    /// WRITE OFF (issuer): authorise SAM `sam_id` to write off its PENDING entry, as a
+    /// verified batch showed it. Only for a sequence number this issuer SAM holds open
+    /// for that SAM (shown PENDING or passed over by a verified batch, not settled since):
+    /// 692D otherwise. Changes nothing here: the write-off is settled when a batch shows
+    /// the entry WRITTEN_OFF.
+    fn write_off(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        cmd.expect_p1p2(0, 0)?;
+        let cfg = config(ctx)?;
+        if cfg.role != role::ISSUER {
+            return Err(sw::KEY_NOT_HELD);
+        }
+        let keys = read_keys(ctx)?;
+        let m_journal = master(&keys, usage::JOURNAL)?;
+        if cmd.data.len() != 4 + JournalEntry::LEN {
+            return Err(Sw::WRONG_LENGTH);
+        }
+        let (id, raw) = cmd.data.split_first_chunk::<4>().ok_or(Sw::WRONG_LENGTH)?;
+        let sam_id = *id;
+        let entry = JournalEntry::decode(raw).map_err(|_| Sw::WRONG_DATA)?;
+        let known_kind = entry.kind == kind::LOAD || entry.kind == kind::PURCHASE;
+        if entry.status != status::PENDING || !known_kind || entry.amount == 0 {
+            return Err(Sw::WRONG_DATA);
+        }
+        let rec = settled(ctx, &s_key(&sam_id))?;
+        if rec.open.binary_search(&entry.seq).is_err() {
+            return Err(sw::NOT_OPEN);
+        }
+        let k = derive_journal_key(&m_journal.key, &sam_id)?;
+        let mac = mac8(&k, &wire::write_off_mac_input(&sam_id, &entry)).map_err(internal)?;
+        Ok(WriteOff {
+            sam_id,
+            seq: entry.seq,
+            purse_id: entry.purse_id,
+            counter: entry.counter,
+            amount: entry.amount,
+            mac,
+        }
+        .encode())
+    }
+
+    /// APPLY WRITE OFF: turn the PENDING entry the issuer's [`WriteOff`] names
+    /// WRITTEN_OFF, with the pending count, in one commit. The MAC covers the entry as
+    /// this SAM holds it PENDING. The same token again, once applied, answers 9000 and
+    /// changes nothing.
+    fn apply_write_off(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
+        cmd.expect_p1p2(0, 0)?;
+        let w = WriteOff::decode(&cmd.data).map_err(|e| e.sw())?;
+        let cfg = config(ctx)?;
+        if w.sam_id != cfg.sam_id {
+            return Err(Sw::WRONG_DATA);
+        }
+        let keys = read_keys(ctx)?;
+        let k = own_journal_key(&keys, &cfg)?;
+        let rec = journal_get(ctx, w.seq)?.ok_or(sw::NO_SUCH_TXN)?;
+        if rec.status != status::PENDING && rec.status != status::WRITTEN_OFF {
+            return Err(Sw::CONDITIONS_NOT_SATISFIED);
+        }
+        if rec.purse_id != w.purse_id || rec.counter != w.counter || rec.amount != w.amount {
+            return Err(Sw::CONDITIONS_NOT_SATISFIED);
+        }
+        // The entry as it read PENDING (a PENDING entry has no balance and no proof).
+        let mut shown = rec.entry();
+        shown.status = status::PENDING;
+        shown.balance_after = 0;
+        shown.proof = [0; 8];
+        if !verify8(&k, &wire::write_off_mac_input(&cfg.sam_id, &shown), &w.mac)
+            .map_err(internal)?
+        {
+            return Err(Sw::SM_OBJECTS_INCORRECT);
+        }
+        if rec.status == status::WRITTEN_OFF {
+            // Applied already (its answer lost): nothing more to do.
+            return Ok(Vec::new());
+        }
+        let mut st = state(ctx)?;
+        count_settled(&mut st);
+        let mut rec = rec;
+        rec.status = status::WRITTEN_OFF;
+        ctx.save(&j_key(rec.seq), &rec)?;
+        ctx.save(K_STATE, &st)?;
+        Ok(Vec::new())
+    }
+}
+
 impl Applet for Sam {
     fn install(&mut self, ctx: &mut Context<'_>, params: &[u8]) -> Result<(), Sw> {
         Sam::install_sam(ctx, params)
@@ -1658,6 +1791,8 @@ impl Applet for Sam {
             ins::ACK_JOURNAL => Sam::ack_journal,
             ins::VERIFY_JOURNAL => Sam::verify_journal,
             ins::GET_SETTLEMENT_STATEMENT => Sam::settlement_statement,
+            ins::WRITE_OFF => Sam::write_off,
+            ins::APPLY_WRITE_OFF => Sam::apply_write_off,
             _ => return Err(Sw::INS_NOT_SUPPORTED),
         };
         require_unlocked(ctx)?;

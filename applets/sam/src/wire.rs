@@ -45,15 +45,15 @@ pub mod ins {
     /// RESOLVE a pending authorisation with the purse's GET TRANSACTION STATUS answer
     /// (made for the challenge of the last BEGIN RESOLVE).
     pub const RESOLVE: u8 = 0x3E;
-    /// EXPORT JOURNAL: P1 = maximum CONFIRMED / VOID entries (1-255, at most
-    /// [`super::EXPORT_FINAL_MAX`] taken; 00 = 64) → JournalBatch, plus at most
+    /// EXPORT JOURNAL: P1 = maximum final (CONFIRMED / VOID / WRITTEN_OFF) entries
+    /// (1-255, at most [`super::EXPORT_FINAL_MAX`] taken; 00 = 64) → JournalBatch, plus at most
     /// [`super::EXPORT_PENDING_MAX`] PENDING entries not yet shown in an acknowledged batch.
     /// While the last batch that showed a final entry is not acknowledged, that same batch
     /// again. P2 = 01 (peek): the oldest P1 entries of any status as they are now, MAC all
     /// zero (not verifiable), nothing recorded.
     pub const EXPORT_JOURNAL: u8 = 0x40;
     /// ACK JOURNAL: data = JournalAck of the last exported batch; drops the entries that
-    /// batch showed CONFIRMED or VOID.
+    /// batch showed CONFIRMED, VOID or WRITTEN_OFF.
     pub const ACK_JOURNAL: u8 = 0x42;
     /// VERIFY JOURNAL (issuer): data = JournalBatch of another SAM → JournalAck.
     pub const VERIFY_JOURNAL: u8 = 0x44;
@@ -61,6 +61,13 @@ pub mod ins {
     /// [`super::SettlementStatement`]: what VERIFY JOURNAL has settled for that SAM so far,
     /// signed by this SAM's attestation key.
     pub const GET_SETTLEMENT_STATEMENT: u8 = 0x46;
+    /// WRITE OFF (issuer): data = sam_id (4) || the PENDING [`super::JournalEntry`] as a
+    /// verified batch of that SAM showed it → [`super::WriteOff`]. Only for a sequence
+    /// number this issuer SAM holds open for that SAM (692D otherwise); changes nothing.
+    pub const WRITE_OFF: u8 = 0x48;
+    /// APPLY WRITE OFF (the SAM whose journal holds the entry): data = [`super::WriteOff`];
+    /// turns the PENDING entry WRITTEN_OFF.
+    pub const APPLY_WRITE_OFF: u8 = 0x4A;
 }
 
 /// SAM application status words.
@@ -102,14 +109,17 @@ pub mod sw {
     /// key request (an identical request again gets the identical key blob again). Two
     /// SAMs with one ID would number their journals alike and collide at settlement.
     pub const SAM_ID_ALREADY_KEYED: Sw = Sw(0x692C);
+    /// WRITE OFF: the sequence number is not open at this issuer SAM for that SAM (never
+    /// shown or passed over by a batch it verified, or already settled in a final state).
+    pub const NOT_OPEN: Sw = Sw(0x692D);
 }
 
 /// The largest step, in seconds, by which an authorisation's `terminal_time` may be ahead
 /// of the latest time the SAM has accepted (7 days); see docs/applets/sam.md, *Ceilings*.
 pub const MAX_TIME_STEP: u32 = 7 * 86_400;
 
-/// EXPORT JOURNAL: the most CONFIRMED / VOID entries one batch shows (a larger P1 is
-/// taken as this).
+/// EXPORT JOURNAL: the most final (CONFIRMED / VOID / WRITTEN_OFF) entries one batch
+/// shows (a larger P1 is taken as this).
 pub const EXPORT_FINAL_MAX: usize = 128;
 /// EXPORT JOURNAL: the most PENDING entries one batch shows (those not yet shown in an
 /// acknowledged batch, oldest first). With [`EXPORT_FINAL_MAX`], a batch holds at most 192
@@ -129,11 +139,15 @@ pub mod status {
     pub const PENDING: u8 = 0x00;
     pub const CONFIRMED: u8 = 0x01;
     pub const VOID: u8 = 0x02;
+    /// Written off by the issuer (WRITE OFF / APPLY WRITE OFF): final, no value settled;
+    /// the amount stays counted in the daily ceiling.
+    pub const WRITTEN_OFF: u8 = 0x03;
 }
 
 pub mod tag {
     pub const JOURNAL_BATCH: u8 = 0x4A; // 'J'
     pub const JOURNAL_ACK: u8 = 0x41; // 'A'
+    pub const WRITE_OFF: u8 = 0x57; // 'W'
 }
 
 /// Diversification input of a SAM's own journal key: sam_id || usage::JOURNAL.
@@ -384,7 +398,8 @@ impl JournalBatch {
             mac,
         })
     }
-    /// The entries the batch shows CONFIRMED or VOID (what its ack drops), in order.
+    /// The entries the batch shows CONFIRMED, VOID or WRITTEN_OFF (what its ack drops), in
+    /// order.
     pub fn final_entries(&self) -> Vec<JournalEntry> {
         self.entries
             .iter()
@@ -410,6 +425,29 @@ message!(
     batch_mac: mac,
     mac: mac,
 });
+
+message!(
+    /// WRITE OFF response, APPLY WRITE OFF data: the issuer's authorisation to turn the
+    /// PENDING entry `seq` of SAM `sam_id` WRITTEN_OFF. mac = AES-CMAC(K_journal(sam_id),
+    /// [`write_off_mac_input`])[..8]: it covers the whole entry (status PENDING), not only
+    /// the fields carried here.
+    WriteOff, 4 + 4 + 8 + 4 + 4 + 8, {
+    sam_id: b4,
+    seq: u32,
+    purse_id: id,
+    counter: u32,
+    amount: u32,
+    mac: mac,
+});
+
+/// Bytes covered by a [`WriteOff`] MAC: `57` || sam_id || the PENDING entry as
+/// [`JournalEntry::encode`]d (JournalEntry::LEN bytes).
+pub fn write_off_mac_input(sam_id: &[u8; 4], entry: &JournalEntry) -> Vec<u8> {
+    let mut v = vec![tag::WRITE_OFF];
+    v.extend_from_slice(sam_id);
+    v.extend_from_slice(&entry.encode());
+    v
+}
 
 /// Bytes covered by a [`JournalBatch`] MAC: `4A` || [`JournalBatch::mac_body`].
 pub fn journal_batch_mac_input(batch: &JournalBatch) -> Vec<u8> {
@@ -450,7 +488,8 @@ pub fn settlement_chain_next(prev: &[u8; 32], batch: &JournalBatch) -> [u8; 32] 
 }
 
 /// What an issuer SAM has settled for one exporting SAM: counts and sums of the entries
-/// settled, each counted once, when a verified batch first showed it CONFIRMED or VOID, and
+/// settled, each counted once, when a verified batch first showed it CONFIRMED, VOID or
+/// WRITTEN_OFF, and
 /// the settlement chain over the batches. Kept by the SAM (record `S/`), signed in a
 /// [`SettlementStatement`], recomputed from the records by a back end.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -468,6 +507,12 @@ pub struct SettledSums {
     pub voids: u32,
     /// The settlement chain after the last batch ([`settlement_chain_next`]).
     pub chain: [u8; 32],
+    /// WRITTEN_OFF entries settled, and their amounts (amounts written off, not value
+    /// moved: a written-off purchase the purse did apply is float the issuer holds).
+    /// Last in the struct so that the `S/` record of the layout before them is a strict
+    /// prefix of this one.
+    pub written_off: u32,
+    pub written_off_total: u64,
 }
 
 impl SettledSums {
@@ -486,6 +531,9 @@ impl SettledSums {
             let amount = u64::from(e.amount);
             if e.status == status::VOID {
                 self.voids = self.voids.saturating_add(1);
+            } else if e.status == status::WRITTEN_OFF {
+                self.written_off = self.written_off.saturating_add(1);
+                self.written_off_total = self.written_off_total.saturating_add(amount);
             } else if e.kind == tessera_purse::wire::kind::LOAD {
                 self.loads = self.loads.saturating_add(1);
                 self.loads_total = self.loads_total.saturating_add(amount);
@@ -514,11 +562,12 @@ pub struct SettlementTotals {
 }
 
 impl SettlementTotals {
-    /// Encoded length: 4 + 16 + 4 + 4 + 8 + 4 + 8 + 4 + 4 + 4 + 32.
-    pub const LEN: usize = 92;
+    /// Encoded length: 4 + 16 + 4 + 4 + 8 + 4 + 8 + 4 + 4 + 8 + 4 + 4 + 32.
+    pub const LEN: usize = 104;
 
     /// sam_id | nonce | batches | purchases | purchases_total u64 | loads | loads_total u64
-    /// | voids | hwm | open | chain (32), integers big-endian.
+    /// | voids | written_off | written_off_total u64 | hwm | open | chain (32), integers
+    /// big-endian.
     pub fn encode(&self) -> Vec<u8> {
         let m = &self.sums;
         let mut v = Vec::with_capacity(Self::LEN);
@@ -530,6 +579,8 @@ impl SettlementTotals {
         v.extend_from_slice(&m.loads.to_be_bytes());
         v.extend_from_slice(&m.loads_total.to_be_bytes());
         v.extend_from_slice(&m.voids.to_be_bytes());
+        v.extend_from_slice(&m.written_off.to_be_bytes());
+        v.extend_from_slice(&m.written_off_total.to_be_bytes());
         v.extend_from_slice(&self.hwm.to_be_bytes());
         v.extend_from_slice(&self.open.to_be_bytes());
         v.extend_from_slice(&m.chain);
@@ -546,6 +597,8 @@ impl SettlementTotals {
         let loads = r.u32()?;
         let loads_total = u64_(r)?;
         let voids = r.u32()?;
+        let written_off = r.u32()?;
+        let written_off_total = u64_(r)?;
         let hwm = r.u32()?;
         let open = r.u32()?;
         let chain = r.bytes()?;
@@ -560,6 +613,8 @@ impl SettlementTotals {
                 loads_total,
                 voids,
                 chain,
+                written_off,
+                written_off_total,
             },
             hwm,
             open,
@@ -576,7 +631,7 @@ pub fn settlement_statement_signed_input(issuer_id: &[u8; 4], t: &SettlementTota
     v
 }
 
-/// GET SETTLEMENT STATEMENT response: issuer_id (4) | [`SettlementTotals`] (92) | sig_len
+/// GET SETTLEMENT STATEMENT response: issuer_id (4) | [`SettlementTotals`] (104) | sig_len
 /// u16 | signature (RSASSA-PKCS1-v1_5 SHA-256 by the issuer SAM's attestation key over
 /// [`settlement_statement_signed_input`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -803,6 +858,8 @@ mod tests {
                 loads_total: 9,
                 voids: 2,
                 chain: [0xC5; 32],
+                written_off: 5,
+                written_off_total: 0x0A0B,
             },
             hwm: 11,
             open: 1,
@@ -814,9 +871,14 @@ mod tests {
             signature: vec![0xAB; 256],
         };
         let bytes = st.encode();
-        assert_eq!(bytes.len(), 4 + 92 + 2 + 256);
+        assert_eq!(bytes.len(), 4 + 104 + 2 + 256);
+        assert_eq!(bytes.len(), 366);
         // purchases_total is big-endian at offset 4 + 4 + 16 + 4 + 4.
         assert_eq!(&bytes[32..40], &[0, 0, 1, 2, 3, 4, 5, 6]);
+        // written_off and written_off_total follow voids (offset 4 + 52), before hwm.
+        assert_eq!(&bytes[56..60], &[0, 0, 0, 5]);
+        assert_eq!(&bytes[60..68], &[0, 0, 0, 0, 0, 0, 0x0A, 0x0B]);
+        assert_eq!(&bytes[68..72], &[0, 0, 0, 11]);
         assert_eq!(SettlementStatement::decode(&bytes), Ok(st.clone()));
         assert!(SettlementStatement::decode(&bytes[..bytes.len() - 1]).is_err());
         let mut long = bytes.clone();

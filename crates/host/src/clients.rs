@@ -22,8 +22,8 @@ use tessera_purse::wire::{
     PurchaseAuthorization, PurseData, TxnStatus, TxnStatusQuery, ValueReceipt, WireError,
 };
 use tessera_sam::wire::{
-    self as sw_, BeginPurchase, Confirm, JournalAck, JournalBatch, PersonaliseRequest, Resolve,
-    ResolveChallenge, SamData,
+    self as sw_, BeginPurchase, Confirm, JournalAck, JournalBatch, JournalEntry,
+    PersonaliseRequest, Resolve, ResolveChallenge, SamData, WriteOff,
 };
 
 /// Short Le asking for everything (encoded 00); longer answers come through 61xx.
@@ -135,6 +135,10 @@ pub fn sam_sw_meaning(sw: Sw) -> String {
         }
         s if s == sw_::sw::SAM_ID_ALREADY_KEYED => {
             "this SAM ID already received keys (a different key request)".into()
+        }
+        s if s == sw_::sw::NOT_OPEN => {
+            "not open at the issuer SAM (no verified batch showed it pending, or it is settled)"
+                .into()
         }
         s if s == sw_::sw::NO_SESSION => {
             "no purchase session, or no resolve session for this transaction".into()
@@ -499,7 +503,8 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
 
     /// RESOLVE a pending authorisation with the purse's transaction status (made for the
     /// challenge of the last [`SamClient::begin_resolve`]). Returns the
-    /// entry's status afterwards (`tessera_sam::wire::status::CONFIRMED` or `VOID`).
+    /// entry's status afterwards (`tessera_sam::wire::status::CONFIRMED` or `VOID`; a
+    /// WRITTEN_OFF entry is refused with 6985 and stays as it is).
     pub fn resolve(&mut self, m: &Resolve) -> Result<u8, ClientError> {
         let (ins, data) = (sw_::ins::RESOLVE, Some(m.encode()));
         self.link.call("RESOLVE", ins, 0, data, |d| match d {
@@ -528,7 +533,7 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
     }
 
     /// ACK JOURNAL with the issuer's acknowledgement of the batch this SAM exported last:
-    /// drops the entries that batch showed CONFIRMED or VOID. An ack of an earlier batch
+    /// drops the entries that batch showed in a final state. An ack of an earlier batch
     /// answers 6985 and drops nothing.
     pub fn ack_journal(&mut self, ack: &JournalAck) -> Result<(), ClientError> {
         self.link
@@ -560,5 +565,27 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
             Some(data),
             sw_::SettlementStatement::decode,
         )
+    }
+
+    /// WRITE OFF (issuer): the issuer's authorisation for SAM `sam_id` to write off its
+    /// PENDING `entry` (as a verified batch showed it). Refused with 692D unless the
+    /// issuer SAM holds that sequence number open for that SAM.
+    pub fn write_off(
+        &mut self,
+        sam_id: &[u8; 4],
+        entry: &JournalEntry,
+    ) -> Result<WriteOff, ClientError> {
+        let mut data = sam_id.to_vec();
+        data.extend_from_slice(&entry.encode());
+        let ins = sw_::ins::WRITE_OFF;
+        self.link
+            .call("WRITE OFF", ins, 0, Some(data), WriteOff::decode)
+    }
+
+    /// APPLY WRITE OFF (the SAM holding the entry): turns the PENDING entry WRITTEN_OFF;
+    /// the same token again answers 9000 and changes nothing.
+    pub fn apply_write_off(&mut self, w: &WriteOff) -> Result<(), ClientError> {
+        self.link
+            .send("APPLY WRITE OFF", sw_::ins::APPLY_WRITE_OFF, w.encode())
     }
 }

@@ -182,6 +182,15 @@ pub enum FlowError {
     /// (another SAM, or not our nonce): nothing acknowledged.
     #[error("the issuer SAM's settlement statement does not match: {0}; nothing acknowledged")]
     BadStatement(String),
+    /// Write-off: the SAM's journal holds no PENDING entry with that sequence number.
+    #[error("no PENDING journal entry with sequence number {0} in the SAM")]
+    NoPendingEntry(u32),
+    /// 692D: the issuer SAM holds the sequence number not open for that SAM (no verified
+    /// batch showed it PENDING, or it is settled already): settle the SAM's journal first.
+    #[error(
+        "the issuer SAM has not seen this entry pending in a verified batch (settle the journal first), or already settled it"
+    )]
+    NotOpen,
 }
 
 impl FlowError {
@@ -213,6 +222,8 @@ impl FlowError {
             FlowError::Step { .. } => "card_error",
             FlowError::Recovery(_) => "recovery_failed",
             FlowError::BadStatement(_) => "bad_statement",
+            FlowError::NoPendingEntry(_) => "no_pending_entry",
+            FlowError::NotOpen => "not_open",
         }
     }
 
@@ -268,6 +279,7 @@ fn sam_err(step: &'static str, e: ClientError) -> FlowError {
         s if s == sw_::sw::TIME_OUT_OF_RANGE => FlowError::TimeOutOfRange,
         s if s == sw_::sw::ALREADY_SETTLED => FlowError::AlreadySettled,
         s if s == sw_::sw::CARD_PROOF_INVALID => FlowError::CardProofInvalid,
+        s if s == sw_::sw::NOT_OPEN => FlowError::NotOpen,
         s if s == sw_::sw::ALREADY_PERSONALISED || s == sw_::sw::SAM_ID_ALREADY_KEYED => {
             FlowError::AlreadyPersonalised
         }
@@ -969,7 +981,7 @@ pub struct SettleReport {
     pub sam_id: [u8; 4],
     /// Batches exported, verified and acknowledged.
     pub batches: usize,
-    /// Entries the issuer acknowledged (CONFIRMED and VOID), oldest first.
+    /// Entries the issuer acknowledged (CONFIRMED, VOID and WRITTEN_OFF), oldest first.
     #[serde(skip)]
     pub entries: Vec<JournalEntry>,
     pub settled: usize,
@@ -977,6 +989,9 @@ pub struct SettleReport {
     pub loads_total: u64,
     pub purchases_total: u64,
     pub voided: usize,
+    /// WRITTEN_OFF entries settled, and their amounts (written off, not value moved).
+    pub written_off: usize,
+    pub written_off_total: u64,
     /// PENDING entries the SAM still holds (they stay until resolved).
     pub pending_left: usize,
     /// Highest sequence number acknowledged.
@@ -990,7 +1005,8 @@ pub struct VerifiedBatch {
     pub batch: JournalBatch,
     /// The issuer SAM's acknowledgement of it (not yet sent to the SAM).
     pub ack: JournalAck,
-    /// The entries the batch shows CONFIRMED or VOID: what the ack drops from the SAM.
+    /// The entries the batch shows CONFIRMED, VOID or WRITTEN_OFF: what the ack drops from
+    /// the SAM.
     pub settled: Vec<JournalEntry>,
     /// The issuer SAM's signed statement right after it verified this batch: its batch
     /// count numbers this batch, and its totals and chain include it. A back end checks a
@@ -1081,6 +1097,9 @@ where
             }
             if e.status == sw_::status::VOID {
                 report.voided += 1;
+            } else if e.status == sw_::status::WRITTEN_OFF {
+                report.written_off += 1;
+                report.written_off_total += u64::from(e.amount);
             } else if e.kind == pw::kind::LOAD {
                 report.loads_total += u64::from(e.amount);
             } else {
@@ -1091,4 +1110,59 @@ where
         }
     }
     Ok(report)
+}
+
+// ------------------------------------------------------------------ write-off
+
+/// Write off the PENDING journal entry `seq` of `terminal_sam` (open) with the issuer SAM
+/// (open): the entry can no longer be resolved (the purse's log has moved past it, RESOLVE
+/// answers 6985) and would otherwise hold the journal for ever.
+///
+/// Peeks at the terminal SAM's journal (EXPORT JOURNAL P2 = 01, nothing recorded) for the
+/// entry, asks the issuer SAM for a WRITE OFF token for it (refused with
+/// [`FlowError::NotOpen`] unless a batch the issuer verified showed the entry PENDING, or
+/// passed over it, and it is not settled: settle first) and applies it (APPLY WRITE OFF).
+/// Returns the entry as it was (PENDING). The next settlement shows it WRITTEN_OFF: the
+/// issuer SAM counts it in `written_off` and the SAM's ack drops it.
+///
+/// Applying is idempotent: a run cut after APPLY WRITE OFF can be repeated only until the
+/// entry is WRITTEN_OFF ([`FlowError::NoPendingEntry`] after that, nothing changed).
+pub fn write_off<T, S>(
+    terminal_sam: &mut T,
+    issuer_sam: &mut S,
+    seq: u32,
+) -> Result<JournalEntry, FlowError>
+where
+    T: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    let sam_id = SamClient::new(&mut *terminal_sam)
+        .sam_data()
+        .map_err(|e| sam_err("GET SAM DATA", e))?
+        .sam_id;
+    let entry = find_pending(terminal_sam, seq)?;
+    let token = SamClient::new(&mut *issuer_sam)
+        .write_off(&sam_id, &entry)
+        .map_err(|e| sam_err("WRITE OFF", e))?;
+    SamClient::new(&mut *terminal_sam)
+        .apply_write_off(&token)
+        .map_err(|e| sam_err("APPLY WRITE OFF", e))?;
+    Ok(entry)
+}
+
+/// Entries one write-off peek shows (the oldest held; an unresolvable PENDING entry is
+/// among the oldest, the settled ones before it having been dropped).
+const WRITE_OFF_PEEK: u8 = 128;
+
+/// The PENDING entry `seq` among the oldest [`WRITE_OFF_PEEK`] entries of an open SAM's
+/// journal (EXPORT JOURNAL P2 = 01: nothing recorded).
+fn find_pending<T: Transport + ?Sized>(sam: &mut T, seq: u32) -> Result<JournalEntry, FlowError> {
+    let batch = SamClient::new(sam)
+        .peek_journal(WRITE_OFF_PEEK)
+        .map_err(|e| sam_err("EXPORT JOURNAL (peek)", e))?;
+    batch
+        .entries
+        .into_iter()
+        .find(|e| e.seq == seq && e.status == sw_::status::PENDING)
+        .ok_or(FlowError::NoPendingEntry(seq))
 }

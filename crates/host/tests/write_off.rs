@@ -1,0 +1,188 @@
+//! Write-off of a PENDING journal entry the purse can no longer answer for, end to end
+//! through the host flows: refused before the issuer saw it, applied after a settlement,
+//! settled as WRITTEN_OFF, and the settlement records still reconcile.
+
+use std::time::SystemTime;
+use tessera_host::clients::{PurseClient, SamClient};
+use tessera_host::flows::kit::{self, PurseParams, World};
+use tessera_host::flows::reconcile;
+use tessera_host::flows::{self, FlowError, LoadRequest, PayRequest, VerifiedBatch};
+use tessera_purse::wire::{self as pw, AuthorizePurchase, InitPurchase};
+use tessera_sam::wire::{self as sw_, Resolve};
+
+const T: u32 = 1_700_000_000;
+const ISSUER: [u8; 4] = [0, 0, 0, 1];
+const TERMINAL: [u8; 4] = [0, 0, 0, 2];
+const LOST: u32 = 333;
+
+fn pay(w: &mut World, amount: u32) {
+    let opts = w.terminal_opts();
+    flows::pay_with(
+        &mut w.purses[0],
+        &mut w.terminal,
+        &PayRequest {
+            amount,
+            terminal_id: [0, 0, 0, 7],
+            terminal_time: T,
+            pin: None,
+        },
+        &opts,
+    )
+    .unwrap();
+}
+
+fn settle(w: &mut World, records: &mut Vec<VerifiedBatch>) -> flows::SettleReport {
+    flows::settle(&mut w.terminal, &mut w.issuer, |b| {
+        records.push(b.clone());
+        Ok(())
+    })
+    .unwrap()
+}
+
+/// A purchase the terminal SAM authorised and the purse never applied (the card was
+/// pulled): returns its sequence number.
+fn abandoned_purchase(w: &mut World, amount: u32) -> u32 {
+    let begin = SamClient::new(&mut w.terminal).begin_purchase().unwrap();
+    let mut p = PurseClient::new(&mut w.purses[0]);
+    p.select().unwrap();
+    let ip = p
+        .init_purchase(&InitPurchase {
+            sam_id: begin.sam_id,
+            sam_challenge: begin.sam_challenge,
+        })
+        .unwrap();
+    let auth = SamClient::new(&mut w.terminal)
+        .authorize_purchase(&AuthorizePurchase {
+            purse_id: ip.purse_id,
+            currency: ip.currency,
+            balance: ip.balance,
+            counter: ip.counter,
+            card_challenge: ip.card_challenge,
+            key_version: ip.key_version,
+            pin_threshold: ip.pin_threshold,
+            flags: ip.flags,
+            card_auth: ip.card_auth,
+            amount,
+            terminal_id: [0, 0, 0, 7],
+            terminal_time: T,
+        })
+        .unwrap();
+    auth.sam_txn
+}
+
+#[test]
+fn unresolvable_entry_is_written_off_settled_and_reconciled() {
+    let mut w = World::new(
+        1,
+        &PurseParams {
+            log_capacity: 4,
+            ..PurseParams::default()
+        },
+    )
+    .unwrap();
+    let opts = w.issuer_opts();
+    flows::load_with(
+        &mut w.purses[0],
+        &mut w.issuer,
+        LoadRequest {
+            amount: 5_000,
+            terminal_time: T,
+        },
+        &opts,
+    )
+    .unwrap();
+    let seq = abandoned_purchase(&mut w, LOST);
+    for _ in 0..6 {
+        pay(&mut w, 10);
+    }
+    // RESOLVE cannot void it: the purse's log (4 records) no longer covers its counter.
+    let purse_id = {
+        let mut p = PurseClient::new(&mut w.purses[0]);
+        p.select().unwrap();
+        p.read_purse_data().unwrap().purse_id
+    };
+    let ch = SamClient::new(&mut w.terminal).begin_resolve().unwrap();
+    let status = PurseClient::new(&mut w.purses[0])
+        .txn_status(
+            pw::usage::DEBIT,
+            &pw::TxnStatusQuery {
+                sam_id: TERMINAL,
+                sam_txn: seq,
+                sam_challenge: ch.sam_challenge,
+            },
+        )
+        .unwrap();
+    assert!(!status.applied);
+    let r = SamClient::new(&mut w.terminal).resolve(&Resolve {
+        purse_id,
+        sam_txn: seq,
+        key_usage: pw::usage::DEBIT,
+        status,
+    });
+    assert_eq!(
+        r.unwrap_err().sw(),
+        Some(tessera_apdu::Sw::CONDITIONS_NOT_SATISFIED)
+    );
+
+    // Before the issuer has seen the entry in a verified batch: refused, nothing changed.
+    let e = flows::write_off(&mut w.terminal, &mut w.issuer, seq).unwrap_err();
+    assert!(matches!(e, FlowError::NotOpen), "{e}");
+    assert_eq!(e.reason(), "not_open");
+
+    let mut records = Vec::new();
+    let first = settle(&mut w, &mut records);
+    assert_eq!((first.settled, first.purchases_total), (6, 60));
+    assert_eq!(first.written_off, 0);
+    let d = SamClient::new(&mut w.terminal).sam_data().unwrap();
+    assert_eq!((d.journal_count, d.pending_count), (1, 1));
+
+    let entry = flows::write_off(&mut w.terminal, &mut w.issuer, seq).unwrap();
+    assert_eq!((entry.seq, entry.amount), (seq, LOST));
+    assert_eq!(entry.status, sw_::status::PENDING);
+    let d = SamClient::new(&mut w.terminal).sam_data().unwrap();
+    assert_eq!((d.journal_count, d.pending_count), (1, 0));
+    // Done already: the flow finds no PENDING entry any more.
+    let again = flows::write_off(&mut w.terminal, &mut w.issuer, seq).unwrap_err();
+    assert!(
+        matches!(again, FlowError::NoPendingEntry(s) if s == seq),
+        "{again}"
+    );
+
+    let second = settle(&mut w, &mut records);
+    assert_eq!(second.settled, 1);
+    assert_eq!(
+        (second.written_off, second.written_off_total),
+        (1, u64::from(LOST))
+    );
+    assert_eq!((second.purchases_total, second.voided), (0, 0));
+    assert_eq!(second.pending_left, 0);
+    assert_eq!(second.entries[0].status, sw_::status::WRITTEN_OFF);
+    let d = SamClient::new(&mut w.terminal).sam_data().unwrap();
+    assert_eq!((d.journal_count, d.pending_count), (0, 0));
+
+    // The issuer's signed statement: one write-off of its amount, purchases unchanged.
+    let now = SystemTime::now();
+    let cert = kit::certify_sam(&mut w.issuer, &w.manufacturer, now).unwrap();
+    let key =
+        reconcile::issuer_statement_key(&cert, w.manufacturer.cert_der(), &ISSUER, now).unwrap();
+    let nonce = [0x5A; 16];
+    let fresh = SamClient::new(&mut w.issuer)
+        .settlement_statement(&TERMINAL, &nonce)
+        .unwrap();
+    let t = &fresh.totals;
+    assert_eq!(
+        (t.sums.written_off, t.sums.written_off_total),
+        (1, u64::from(LOST))
+    );
+    assert_eq!((t.sums.purchases, t.sums.purchases_total), (6, 60));
+    assert_eq!((t.sums.voids, t.open), (0, 0));
+    let report = reconcile::reconcile(&records, &fresh, &nonce, &key, &ISSUER, &TERMINAL).unwrap();
+    assert_eq!(report.sums.written_off, 1);
+    assert_eq!(report.sums.written_off_total, u64::from(LOST));
+
+    // Without the record of the batch that settled the write-off, the records do not
+    // reconcile.
+    records.pop();
+    let err = reconcile::reconcile(&records, &fresh, &nonce, &key, &ISSUER, &TERMINAL);
+    assert!(err.is_err());
+}
