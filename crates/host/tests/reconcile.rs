@@ -2,46 +2,21 @@
 //! complete set reconciles; a record missing, added, altered or of another SAM, a forged
 //! statement and a replayed one are each found.
 
+mod common;
+use common::{ISSUER, T, TERMINAL, pay, settle};
+
 use std::sync::OnceLock;
 use std::time::SystemTime;
 use tessera_crypto::rsa::RsaPublicKey;
 use tessera_host::clients::SamClient;
 use tessera_host::flows::kit::{self, PurseParams, World, WorldImages};
 use tessera_host::flows::reconcile::{self, ReconcileError};
-use tessera_host::flows::{self, LoadRequest, PayRequest, VerifiedBatch};
+use tessera_host::flows::{self, LoadRequest, VerifiedBatch};
 use tessera_sam::wire::{self as sw_, SettlementStatement};
-
-const T: u32 = 1_700_000_000;
-const ISSUER: [u8; 4] = [0, 0, 0, 1];
-const TERMINAL: [u8; 4] = [0, 0, 0, 2];
 
 fn images() -> &'static WorldImages {
     static W: OnceLock<WorldImages> = OnceLock::new();
     W.get_or_init(|| World::new(1, &PurseParams::default()).unwrap().images())
-}
-
-fn pay(w: &mut World, amount: u32) {
-    let opts = w.terminal_opts();
-    flows::pay_with(
-        &mut w.purses[0],
-        &mut w.terminal,
-        &PayRequest {
-            amount,
-            terminal_id: [0, 0, 0, 7],
-            terminal_time: T,
-            pin: None,
-        },
-        &opts,
-    )
-    .unwrap();
-}
-
-fn settle(w: &mut World, records: &mut Vec<VerifiedBatch>) {
-    flows::settle(&mut w.terminal, &mut w.issuer, |b| {
-        records.push(b.clone());
-        Ok(())
-    })
-    .unwrap();
 }
 
 /// Three settlement rounds (payments 100+200, 300, 400+500+600) and the issuer SAM's key.

@@ -2,42 +2,18 @@
 //! through the host flows: refused before the issuer saw it, applied after a settlement,
 //! settled as WRITTEN_OFF, and the settlement records still reconcile.
 
+mod common;
+use common::{ISSUER, T, TERMINAL, pay, settle};
+
 use std::time::SystemTime;
 use tessera_host::clients::{PurseClient, SamClient};
 use tessera_host::flows::kit::{self, PurseParams, World};
 use tessera_host::flows::reconcile;
-use tessera_host::flows::{self, FlowError, LoadRequest, PayRequest, VerifiedBatch};
+use tessera_host::flows::{self, FlowError, LoadRequest};
 use tessera_purse::wire::{self as pw, AuthorizePurchase, InitPurchase};
 use tessera_sam::wire::{self as sw_, Resolve};
 
-const T: u32 = 1_700_000_000;
-const ISSUER: [u8; 4] = [0, 0, 0, 1];
-const TERMINAL: [u8; 4] = [0, 0, 0, 2];
 const LOST: u32 = 333;
-
-fn pay(w: &mut World, amount: u32) {
-    let opts = w.terminal_opts();
-    flows::pay_with(
-        &mut w.purses[0],
-        &mut w.terminal,
-        &PayRequest {
-            amount,
-            terminal_id: [0, 0, 0, 7],
-            terminal_time: T,
-            pin: None,
-        },
-        &opts,
-    )
-    .unwrap();
-}
-
-fn settle(w: &mut World, records: &mut Vec<VerifiedBatch>) -> flows::SettleReport {
-    flows::settle(&mut w.terminal, &mut w.issuer, |b| {
-        records.push(b.clone());
-        Ok(())
-    })
-    .unwrap()
-}
 
 /// A purchase the terminal SAM authorised and the purse never applied (the card was
 /// pulled): returns its sequence number.
