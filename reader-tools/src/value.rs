@@ -1223,14 +1223,16 @@ fn sam_journal(a: &SamJournalArgs) -> CliResult<Out> {
         );
         let _ = writeln!(
             text,
-            "settled {} entries in {} batch(es): purchases {}, loads {}, {} void, {} written off ({}), {} pending left",
+            "settled {} entries in {} batch(es): purchases {}, loads {}, {} void, written off: {} load(s) ({}) and {} purchase(s) ({}), {} pending left",
             report.settled,
             report.batches,
             money(report.purchases_total, scheme.currency),
             money(report.loads_total, scheme.currency),
             report.voided,
-            report.written_off,
-            money(report.written_off_total, scheme.currency),
+            report.written_off_loads,
+            money(report.written_off_loads_total, scheme.currency),
+            report.written_off_purchases,
+            money(report.written_off_purchases_total, scheme.currency),
             report.pending_left
         );
         j["settlement"] = serde_json::to_value(&report)?;
@@ -1443,7 +1445,8 @@ fn sam_reconcile(a: &SamReconcileArgs) -> CliResult<Out> {
     let unchecked = usize::try_from(r.pre_statement).unwrap_or(usize::MAX) + skipped;
     let mut text = format!(
         "SAM {}: {} settlement record(s) reconcile with the issuer SAM's signed statement
-  purchases {} ({}), loads {} ({}), {} void, {} written off ({})
+  purchases {} ({}), loads {} ({}), {} void
+  written off: {} load(s) ({}), {} purchase(s) ({})
   settled up to seq {}, {} open
 ",
         hex::encode_upper(sam_id),
@@ -1453,8 +1456,10 @@ fn sam_reconcile(a: &SamReconcileArgs) -> CliResult<Out> {
         r.sums.loads,
         money(r.sums.loads_total, scheme.currency),
         r.sums.voids,
-        r.sums.written_off,
-        money(r.sums.written_off_total, scheme.currency),
+        r.sums.written_off_loads,
+        money(r.sums.written_off_loads_total, scheme.currency),
+        r.sums.written_off_purchases,
+        money(r.sums.written_off_purchases_total, scheme.currency),
         r.hwm,
         r.open
     );

@@ -12,6 +12,7 @@
 //! | `att` | RSA-2048 attestation private key (PKCS#8 DER), generated inside the SAM; never output |
 //! | `ca` | issuer: DER certificate of the chip manufacturer CA (trust anchor for chip attestation) |
 //! | `J/` + seq (u32 BE) | journal entry ([`JRec`]) whose seq is the SAM transaction number; status PENDING, CONFIRMED, VOID or WRITTEN_OFF (APPLY WRITE OFF) |
+//! | `U/` + seq (u32 BE) | the PENDING entry `seq` is unresolvable: a RESOLVE with a fresh status MACed by its purse found that the purse's log no longer reaches the entry's counter. APPLY WRITE OFF requires it; dropped with the entry |
 //! | `xb` | [`LastExport`]: MAC, last seq and final entries of the last exported batch |
 //! | `xp` | [`PendingExport`]: the entries of the last exported batch while it showed a final entry and is not acknowledged (EXPORT JOURNAL answers it again) |
 //! | `S/` + SAM ID | issuer: [`Settled`], what VERIFY JOURNAL has settled for that SAM: high-water mark, open sequence numbers, last batch, totals and settlement chain |
@@ -69,6 +70,7 @@ const T_PREFIX: &[u8] = b"T/";
 const K_EXPORT: &[u8] = b"xb";
 const K_PENDING_EXPORT: &[u8] = b"xp";
 const S_PREFIX: &[u8] = b"S/";
+const U_PREFIX: &[u8] = b"U/";
 const T_PURCHASE: &[u8] = b"purchase";
 const T_RESOLVE: &[u8] = b"resolve";
 
@@ -240,7 +242,7 @@ struct SettledV1 {
 }
 
 /// The totals of an `S/` record as written before the write-off counts existed (a strict
-/// prefix of [`wire::SettledSums`]).
+/// prefix of [`SettledSumsV3`]).
 #[derive(Debug, Clone, Deserialize)]
 struct SettledSumsV2 {
     batches: u32,
@@ -252,42 +254,84 @@ struct SettledSumsV2 {
     chain: [u8; 32],
 }
 
-/// The `S/` record as written before the write-off counts existed (a strict prefix of
-/// [`Settled`]): upgraded with zero write-off counts (nothing could be written off then).
+/// The totals of an `S/` record as written when write-offs were counted without their
+/// kind (a strict prefix of [`wire::SettledSums`]).
 #[derive(Debug, Clone, Deserialize)]
-struct SettledV2 {
+struct SettledSumsV3 {
+    batches: u32,
+    purchases: u32,
+    purchases_total: u64,
+    loads: u32,
+    loads_total: u64,
+    voids: u32,
+    chain: [u8; 32],
+    written_off: u32,
+    written_off_total: u64,
+}
+
+/// The `S/` record as written before the write-off counts existed (V2) or with write-offs
+/// counted without their kind (V3): each a strict prefix of the next and of [`Settled`].
+#[derive(Debug, Clone, Deserialize)]
+struct SettledOld<M> {
     hwm: u32,
     open: Vec<u32>,
     last_mac: Mac,
     last_seq: u32,
-    sums: SettledSumsV2,
+    sums: M,
+}
+
+impl<M> SettledOld<M> {
+    fn upgrade(self, sums: wire::SettledSums) -> Settled {
+        Settled {
+            hwm: self.hwm,
+            open: self.open,
+            last_mac: self.last_mac,
+            last_seq: self.last_seq,
+            sums,
+        }
+    }
 }
 
 /// The `S/` record of a SAM, of any layout (empty when nothing was settled for it).
 fn settled(ctx: &Context<'_>, key: &[u8]) -> Result<Settled, Sw> {
-    // Each older layout is a strict prefix of the newer ones: try the newest first.
+    // Each older layout is a strict prefix of the newer ones, and a layout reads the
+    // bytes of a newer one (postcard ignores what follows): try the newest first.
     if let Ok(Some(rec)) = ctx.load::<Settled>(key) {
         return Ok(rec);
     }
-    if let Ok(Some(v)) = ctx.load::<SettledV2>(key) {
-        let m = v.sums;
-        return Ok(Settled {
-            hwm: v.hwm,
-            open: v.open,
-            last_mac: v.last_mac,
-            last_seq: v.last_seq,
-            sums: wire::SettledSums {
-                batches: m.batches,
-                purchases: m.purchases,
-                purchases_total: m.purchases_total,
-                loads: m.loads,
-                loads_total: m.loads_total,
-                voids: m.voids,
-                chain: m.chain,
-                written_off: 0,
-                written_off_total: 0,
-            },
-        });
+    if let Ok(Some(v)) = ctx.load::<SettledOld<SettledSumsV3>>(key) {
+        let m = &v.sums;
+        // Write-offs of that layout have no kind: carried as purchases (not paid), the
+        // side that pays nobody; a reconciliation that replays them shows any that
+        // were loads (docs/applets/sam.md).
+        let sums = wire::SettledSums {
+            batches: m.batches,
+            purchases: m.purchases,
+            purchases_total: m.purchases_total,
+            loads: m.loads,
+            loads_total: m.loads_total,
+            voids: m.voids,
+            chain: m.chain,
+            written_off_loads: 0,
+            written_off_loads_total: 0,
+            written_off_purchases: m.written_off,
+            written_off_purchases_total: m.written_off_total,
+        };
+        return Ok(v.upgrade(sums));
+    }
+    if let Ok(Some(v)) = ctx.load::<SettledOld<SettledSumsV2>>(key) {
+        let m = &v.sums;
+        let sums = wire::SettledSums {
+            batches: m.batches,
+            purchases: m.purchases,
+            purchases_total: m.purchases_total,
+            loads: m.loads,
+            loads_total: m.loads_total,
+            voids: m.voids,
+            chain: m.chain,
+            ..wire::SettledSums::default()
+        };
+        return Ok(v.upgrade(sums));
     }
     Ok(ctx
         .load::<SettledV1>(key)?
@@ -479,6 +523,13 @@ fn derive_journal_key(m_journal: &[u8; 16], sam_id: &[u8; 4]) -> Result<Key16, S
 
 fn j_key(seq: u32) -> Vec<u8> {
     let mut k = J_PREFIX.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The unresolvable mark of entry `seq` (see the table of records above).
+fn u_key(seq: u32) -> Vec<u8> {
+    let mut k = U_PREFIX.to_vec();
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
@@ -762,6 +813,9 @@ fn drop_entries(ctx: &mut Context<'_>, st: &mut State, seqs: &[u32]) -> Result<(
             continue;
         }
         ctx.delete(&j_key(seq));
+        if ctx.get(&u_key(seq)).is_some() {
+            ctx.delete(&u_key(seq));
+        }
         st.journal_count = st.journal_count.saturating_sub(1);
         oldest_gone |= seq == st.oldest_seq;
     }
@@ -1341,6 +1395,10 @@ impl Sam {
         Ok(challenge)
     }
 
+    /// RESOLVE: settle a PENDING entry with the purse's fresh MACed transaction status.
+    /// Answers the entry's status afterwards: CONFIRMED (the purse proved it applied),
+    /// VOID (it proved it not applied), or PENDING (the purse can no longer tell: the
+    /// entry is marked unresolvable, for the issuer's write-off).
     fn resolve(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         cmd.expect_p1p2(0, 0)?;
         let r = Resolve::decode(&cmd.data).map_err(|e| e.sw())?;
@@ -1395,7 +1453,12 @@ impl Sam {
                 let held = r.status.oldest_logged_counter <= rec.counter
                     || card.counter <= rec.counter.saturating_add(1);
                 if !held {
-                    return Err(Sw::CONDITIONS_NOT_SATISFIED);
+                    // The purse can no longer tell: nothing proves the entry applied or
+                    // not, and nothing ever will (its counter only grows). The entry
+                    // stays PENDING, marked for the issuer's write-off (the only way it
+                    // can become final besides a CONFIRM with the purse's proof).
+                    ctx.save(&u_key(rec.seq), &true)?;
+                    return Ok(vec![status::PENDING]);
                 }
                 let mut st = state(ctx)?;
                 if rec.day == st.day {
@@ -1672,11 +1735,12 @@ impl Sam {
 }
 
 impl Sam {
-    /// WRITE OFF (issuer): authorise SAM `sam_id` to write off its PENDING entry, as a
-    /// verified batch showed it. Only for a sequence number this issuer SAM holds open
-    /// for that SAM (shown PENDING or passed over by a verified batch, not settled since):
-    /// 692D otherwise. Changes nothing here: the write-off is settled when a batch shows
-    /// the entry WRITTEN_OFF.
+    /// WRITE OFF (issuer): authorise SAM `sam_id` to write off its PENDING entry, as the
+    /// host presents it (the issuer SAM keeps no copy of entries: the token's MAC covers
+    /// the whole entry, and the terminal SAM applies it only to the identical entry).
+    /// Only for a sequence number this issuer SAM holds open for that SAM (shown PENDING
+    /// or passed over by a verified batch, not settled since): 692D otherwise. Changes
+    /// nothing here: the write-off is settled when a batch shows the entry WRITTEN_OFF.
     fn write_off(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         cmd.expect_p1p2(0, 0)?;
         let cfg = config(ctx)?;
@@ -1714,8 +1778,9 @@ impl Sam {
 
     /// APPLY WRITE OFF: turn the PENDING entry the issuer's [`WriteOff`] names
     /// WRITTEN_OFF, with the pending count, in one commit. The MAC covers the entry as
-    /// this SAM holds it PENDING. The same token again, once applied, answers 9000 and
-    /// changes nothing.
+    /// this SAM holds it PENDING, and the entry must be marked unresolvable by RESOLVE
+    /// (6985 otherwise). The same token again, once applied, answers 9000 and changes
+    /// nothing.
     fn apply_write_off(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         cmd.expect_p1p2(0, 0)?;
         let w = WriteOff::decode(&cmd.data).map_err(|e| e.sw())?;
@@ -1745,6 +1810,12 @@ impl Sam {
         if rec.status == status::WRITTEN_OFF {
             // Applied already (its answer lost): nothing more to do.
             return Ok(Vec::new());
+        }
+        // Only an entry RESOLVE found unresolvable: one its purse can still answer for is
+        // resolved, never written off (a purse that applied it and whose CONFIRM was
+        // withheld would otherwise have its value settled as a write-off).
+        if ctx.get(&u_key(rec.seq)).is_none() {
+            return Err(Sw::CONDITIONS_NOT_SATISFIED);
         }
         let mut st = state(ctx)?;
         count_settled(&mut st);

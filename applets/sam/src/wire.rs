@@ -43,7 +43,9 @@ pub mod ins {
     /// GET TRANSACTION STATUS, valid for RESOLVE of the entries that exist now.
     pub const BEGIN_RESOLVE: u8 = 0x34;
     /// RESOLVE a pending authorisation with the purse's GET TRANSACTION STATUS answer
-    /// (made for the challenge of the last BEGIN RESOLVE).
+    /// (made for the challenge of the last BEGIN RESOLVE) → the entry's status: CONFIRMED,
+    /// VOID, or PENDING when the purse's log no longer reaches the entry (it is then
+    /// marked unresolvable: only a write-off or a CONFIRM can settle it).
     pub const RESOLVE: u8 = 0x3E;
     /// EXPORT JOURNAL: P1 = maximum final (CONFIRMED / VOID / WRITTEN_OFF) entries
     /// (1-255, at most [`super::EXPORT_FINAL_MAX`] taken; 00 = 64) → JournalBatch, plus at most
@@ -61,12 +63,13 @@ pub mod ins {
     /// [`super::SettlementStatement`]: what VERIFY JOURNAL has settled for that SAM so far,
     /// signed by this SAM's attestation key.
     pub const GET_SETTLEMENT_STATEMENT: u8 = 0x46;
-    /// WRITE OFF (issuer): data = sam_id (4) || the PENDING [`super::JournalEntry`] as a
-    /// verified batch of that SAM showed it → [`super::WriteOff`]. Only for a sequence
-    /// number this issuer SAM holds open for that SAM (692D otherwise); changes nothing.
+    /// WRITE OFF (issuer): data = sam_id (4) || the PENDING [`super::JournalEntry`] as
+    /// that SAM holds it → [`super::WriteOff`]. Only for a sequence number this issuer SAM
+    /// holds open for that SAM (692D otherwise); changes nothing.
     pub const WRITE_OFF: u8 = 0x48;
     /// APPLY WRITE OFF (the SAM whose journal holds the entry): data = [`super::WriteOff`];
-    /// turns the PENDING entry WRITTEN_OFF.
+    /// turns the PENDING entry WRITTEN_OFF, only if RESOLVE marked it unresolvable (6985
+    /// otherwise).
     pub const APPLY_WRITE_OFF: u8 = 0x4A;
 }
 
@@ -467,7 +470,7 @@ pub fn journal_ack_mac_input(sam_id: &[u8; 4], last_seq: u32, batch_mac: &Mac) -
 
 /// Prefix of the bytes a [`SettlementStatement`] signature covers (domain separation from
 /// the key-request signatures of the same attestation key).
-pub const SETTLEMENT_STATEMENT_TAG: &[u8] = b"TSRA-SETTLEMENT-STATEMENT-V1";
+pub const SETTLEMENT_STATEMENT_TAG: &[u8] = b"TSRA-SETTLEMENT-STATEMENT-V2";
 /// Prefix of each step of the settlement chain ([`settlement_chain_next`]).
 pub const SETTLEMENT_CHAIN_TAG: &[u8] = b"TSRA-SETTLEMENT-CHAIN-V1";
 
@@ -507,12 +510,17 @@ pub struct SettledSums {
     pub voids: u32,
     /// The settlement chain after the last batch ([`settlement_chain_next`]).
     pub chain: [u8; 32],
-    /// WRITTEN_OFF entries settled, and their amounts (amounts written off, not value
-    /// moved: a written-off purchase the purse did apply is float the issuer holds).
-    /// Last in the struct so that the `S/` record of the layout before them is a strict
-    /// prefix of this one.
-    pub written_off: u32,
-    pub written_off_total: u64,
+    /// WRITTEN_OFF loads settled, and their amounts: loads nobody could prove applied or
+    /// not. The scheme's rule (docs/value-protocol.md) charges them to the loading
+    /// terminal's operator as if applied.
+    /// The write-off fields come last so that the `S/` record of the layout before them
+    /// is a strict prefix of this one.
+    pub written_off_loads: u32,
+    pub written_off_loads_total: u64,
+    /// WRITTEN_OFF purchases settled, and their amounts: not paid to the merchant (a
+    /// written-off purchase the purse did apply is float the issuer holds).
+    pub written_off_purchases: u32,
+    pub written_off_purchases_total: u64,
 }
 
 impl SettledSums {
@@ -532,8 +540,15 @@ impl SettledSums {
             if e.status == status::VOID {
                 self.voids = self.voids.saturating_add(1);
             } else if e.status == status::WRITTEN_OFF {
-                self.written_off = self.written_off.saturating_add(1);
-                self.written_off_total = self.written_off_total.saturating_add(amount);
+                if e.kind == tessera_purse::wire::kind::LOAD {
+                    self.written_off_loads = self.written_off_loads.saturating_add(1);
+                    self.written_off_loads_total =
+                        self.written_off_loads_total.saturating_add(amount);
+                } else {
+                    self.written_off_purchases = self.written_off_purchases.saturating_add(1);
+                    self.written_off_purchases_total =
+                        self.written_off_purchases_total.saturating_add(amount);
+                }
             } else if e.kind == tessera_purse::wire::kind::LOAD {
                 self.loads = self.loads.saturating_add(1);
                 self.loads_total = self.loads_total.saturating_add(amount);
@@ -562,12 +577,12 @@ pub struct SettlementTotals {
 }
 
 impl SettlementTotals {
-    /// Encoded length: 4 + 16 + 4 + 4 + 8 + 4 + 8 + 4 + 4 + 8 + 4 + 4 + 32.
-    pub const LEN: usize = 104;
+    /// Encoded length: 4 + 16 + 4 + 4 + 8 + 4 + 8 + 4 + 4 + 8 + 4 + 8 + 4 + 4 + 32.
+    pub const LEN: usize = 116;
 
     /// sam_id | nonce | batches | purchases | purchases_total u64 | loads | loads_total u64
-    /// | voids | written_off | written_off_total u64 | hwm | open | chain (32), integers
-    /// big-endian.
+    /// | voids | written_off_loads | written_off_loads_total u64 | written_off_purchases |
+    /// written_off_purchases_total u64 | hwm | open | chain (32), integers big-endian.
     pub fn encode(&self) -> Vec<u8> {
         let m = &self.sums;
         let mut v = Vec::with_capacity(Self::LEN);
@@ -579,8 +594,10 @@ impl SettlementTotals {
         v.extend_from_slice(&m.loads.to_be_bytes());
         v.extend_from_slice(&m.loads_total.to_be_bytes());
         v.extend_from_slice(&m.voids.to_be_bytes());
-        v.extend_from_slice(&m.written_off.to_be_bytes());
-        v.extend_from_slice(&m.written_off_total.to_be_bytes());
+        v.extend_from_slice(&m.written_off_loads.to_be_bytes());
+        v.extend_from_slice(&m.written_off_loads_total.to_be_bytes());
+        v.extend_from_slice(&m.written_off_purchases.to_be_bytes());
+        v.extend_from_slice(&m.written_off_purchases_total.to_be_bytes());
         v.extend_from_slice(&self.hwm.to_be_bytes());
         v.extend_from_slice(&self.open.to_be_bytes());
         v.extend_from_slice(&m.chain);
@@ -597,8 +614,10 @@ impl SettlementTotals {
         let loads = r.u32()?;
         let loads_total = u64_(r)?;
         let voids = r.u32()?;
-        let written_off = r.u32()?;
-        let written_off_total = u64_(r)?;
+        let written_off_loads = r.u32()?;
+        let written_off_loads_total = u64_(r)?;
+        let written_off_purchases = r.u32()?;
+        let written_off_purchases_total = u64_(r)?;
         let hwm = r.u32()?;
         let open = r.u32()?;
         let chain = r.bytes()?;
@@ -613,8 +632,10 @@ impl SettlementTotals {
                 loads_total,
                 voids,
                 chain,
-                written_off,
-                written_off_total,
+                written_off_loads,
+                written_off_loads_total,
+                written_off_purchases,
+                written_off_purchases_total,
             },
             hwm,
             open,
@@ -631,7 +652,7 @@ pub fn settlement_statement_signed_input(issuer_id: &[u8; 4], t: &SettlementTota
     v
 }
 
-/// GET SETTLEMENT STATEMENT response: issuer_id (4) | [`SettlementTotals`] (104) | sig_len
+/// GET SETTLEMENT STATEMENT response: issuer_id (4) | [`SettlementTotals`] (116) | sig_len
 /// u16 | signature (RSASSA-PKCS1-v1_5 SHA-256 by the issuer SAM's attestation key over
 /// [`settlement_statement_signed_input`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -858,8 +879,10 @@ mod tests {
                 loads_total: 9,
                 voids: 2,
                 chain: [0xC5; 32],
-                written_off: 5,
-                written_off_total: 0x0A0B,
+                written_off_loads: 5,
+                written_off_loads_total: 0x0A0B,
+                written_off_purchases: 6,
+                written_off_purchases_total: 0x0C0D,
             },
             hwm: 11,
             open: 1,
@@ -871,14 +894,17 @@ mod tests {
             signature: vec![0xAB; 256],
         };
         let bytes = st.encode();
-        assert_eq!(bytes.len(), 4 + 104 + 2 + 256);
-        assert_eq!(bytes.len(), 366);
+        assert_eq!(bytes.len(), 4 + 116 + 2 + 256);
+        assert_eq!(bytes.len(), 378);
         // purchases_total is big-endian at offset 4 + 4 + 16 + 4 + 4.
         assert_eq!(&bytes[32..40], &[0, 0, 1, 2, 3, 4, 5, 6]);
-        // written_off and written_off_total follow voids (offset 4 + 52), before hwm.
+        // The write-off counts and totals, loads then purchases, follow voids (offset
+        // 4 + 52), before hwm.
         assert_eq!(&bytes[56..60], &[0, 0, 0, 5]);
         assert_eq!(&bytes[60..68], &[0, 0, 0, 0, 0, 0, 0x0A, 0x0B]);
-        assert_eq!(&bytes[68..72], &[0, 0, 0, 11]);
+        assert_eq!(&bytes[68..72], &[0, 0, 0, 6]);
+        assert_eq!(&bytes[72..80], &[0, 0, 0, 0, 0, 0, 0x0C, 0x0D]);
+        assert_eq!(&bytes[80..84], &[0, 0, 0, 11]);
         assert_eq!(SettlementStatement::decode(&bytes), Ok(st.clone()));
         assert!(SettlementStatement::decode(&bytes[..bytes.len() - 1]).is_err());
         let mut long = bytes.clone();
@@ -886,7 +912,7 @@ mod tests {
         assert!(SettlementStatement::decode(&long).is_err());
         assert!(
             st.signed_input()
-                .starts_with(b"TSRA-SETTLEMENT-STATEMENT-V1\0\0\0\x01")
+                .starts_with(b"TSRA-SETTLEMENT-STATEMENT-V2\0\0\0\x01")
         );
     }
 

@@ -63,8 +63,9 @@ struct Setup {
 }
 
 /// A purchase authorised at the terminal SAM and never applied, then 10 confirmed
-/// purchases of 1 (the purse log holds 8): RESOLVE of the first answers 6985. One
-/// settlement shows it PENDING to the issuer (it joins the issuer's `open`).
+/// purchases of 1 (the purse log holds 8): RESOLVE of the first answers PENDING (marked
+/// unresolvable). One settlement shows it PENDING to the issuer (it joins the issuer's
+/// `open`).
 fn setup() -> Setup {
     let mut iss = issuer();
     let opts = TerminalOpts::default();
@@ -85,10 +86,11 @@ fn setup() -> Setup {
     }
     let st = txn_status(&mut t, &mut p, pw::usage::DEBIT, sam_id, seq);
     assert!(!st.applied);
+    let r = resolve(&mut t, lost.purse_id, seq, pw::usage::DEBIT, st);
     assert_eq!(
-        resolve(&mut t, lost.purse_id, seq, pw::usage::DEBIT, st).sw,
-        Sw::CONDITIONS_NOT_SATISFIED,
-        "the purse's log no longer covers the entry"
+        (r.sw, r.data),
+        (Sw::OK, vec![status::PENDING]),
+        "the purse's log no longer covers the entry: marked unresolvable"
     );
     let settled = settle_entries(&mut t, &mut iss);
     assert_eq!(settled.len(), 10);
@@ -183,8 +185,20 @@ fn written_off_entry_is_settled_and_dropped() {
     let d = sam_data(&mut t);
     assert_eq!((d.journal_count, d.pending_count), (0, 0));
     let after = statement(&mut iss, sam_id);
-    assert_eq!(after.sums.written_off, 1);
-    assert_eq!(after.sums.written_off_total, u64::from(AMOUNT));
+    assert_eq!(
+        (
+            after.sums.written_off_purchases,
+            after.sums.written_off_purchases_total
+        ),
+        (1, u64::from(AMOUNT))
+    );
+    assert_eq!(
+        (
+            after.sums.written_off_loads,
+            after.sums.written_off_loads_total
+        ),
+        (0, 0)
+    );
     assert_eq!(after.sums.purchases, before.sums.purchases);
     assert_eq!(after.sums.purchases_total, before.sums.purchases_total);
     assert_eq!(after.sums.voids, 0);
@@ -380,5 +394,124 @@ fn tearing_apply_write_off_keeps_entry_and_counts_together() {
     // Settled once after all.
     let settled = settle_entries(&mut t, &mut iss);
     assert_eq!(settled.len(), 1);
-    assert_eq!(statement(&mut iss, sam_id).sums.written_off, 1);
+    assert_eq!(statement(&mut iss, sam_id).sums.written_off_purchases, 1);
+}
+
+/// The attack a write-off must not allow: the purse applies a purchase and the host
+/// withholds CONFIRM; a settlement shows the entry PENDING, so the issuer holds it open
+/// and makes a token. APPLY WRITE OFF refuses it (6985, nothing changes) because RESOLVE
+/// never found the entry unresolvable; RESOLVE with the purse's status then confirms it
+/// from the purse's own proof, and it settles as a purchase.
+#[test]
+fn an_applied_entry_whose_confirm_was_withheld_is_not_written_off() {
+    let mut iss = issuer();
+    let opts = TerminalOpts::default();
+    let sam_id = opts.sam_id;
+    let mut t = terminal(&mut iss, opts);
+    let mut p = purse(
+        &mut iss,
+        &PurseOpts {
+            pin_threshold: u32::MAX,
+            ..PurseOpts::default()
+        },
+    );
+    load(&mut iss, &mut p, 10_000);
+    let withheld = prepare_purchase(&mut t, &mut p, AMOUNT, T0).unwrap();
+    let seq = withheld.msg.sam_txn;
+    p.ok(pw::ins::PURCHASE, 0, 0, &withheld.msg.encode());
+    assert_eq!(balance(&mut p), 10_000 - AMOUNT);
+    purchase(&mut t, &mut p, 1, None).unwrap();
+    assert_eq!(settle_entries(&mut t, &mut iss).len(), 1);
+    let pending = entry(&mut t, seq).unwrap();
+    assert_eq!(pending.status, status::PENDING);
+    assert_eq!(statement(&mut iss, sam_id).open, 1);
+
+    let token =
+        w::WriteOff::decode(&iss.ok(ins::WRITE_OFF, 0, 0, &write_off_data(sam_id, &pending)))
+            .unwrap();
+    let before = sam_data(&mut t);
+    assert_eq!(
+        t.sw(ins::APPLY_WRITE_OFF, 0, 0, &token.encode()),
+        Sw::CONDITIONS_NOT_SATISFIED
+    );
+    assert_eq!(entry(&mut t, seq).unwrap().status, status::PENDING);
+    assert_eq!(sam_data(&mut t), before);
+
+    let st = txn_status(&mut t, &mut p, pw::usage::DEBIT, sam_id, seq);
+    assert!(st.applied);
+    let r = resolve(&mut t, withheld.purse_id, seq, pw::usage::DEBIT, st);
+    assert_eq!((r.sw, r.data), (Sw::OK, vec![status::CONFIRMED]));
+    let settled = settle_entries(&mut t, &mut iss);
+    assert_eq!(
+        settled
+            .iter()
+            .map(|e| (e.seq, e.status))
+            .collect::<Vec<_>>(),
+        vec![(seq, status::CONFIRMED)]
+    );
+    let s = statement(&mut iss, sam_id);
+    assert_eq!(
+        (s.sums.purchases, s.sums.purchases_total),
+        (2, u64::from(AMOUNT) + 1)
+    );
+    assert_eq!(s.sums.written_off_purchases, 0);
+    assert_eq!(s.open, 0);
+    // The token is useless now: the entry is settled and dropped.
+    assert_eq!(
+        t.sw(ins::APPLY_WRITE_OFF, 0, 0, &token.encode()),
+        sw::NO_SUCH_TXN
+    );
+}
+
+/// A load the purse can no longer answer for is written off at the issuer SAM (which
+/// authorises loads and settles its own journal) and counted as a written-off load, apart
+/// from purchases and from confirmed loads.
+#[test]
+fn a_written_off_load_is_counted_as_a_load_write_off() {
+    let mut iss = issuer();
+    let iss_id = sam_data(&mut iss).sam_id;
+    let mut p = purse(&mut iss, &PurseOpts::default());
+    let lost = prepare_load(&mut iss, &mut p, AMOUNT, T0);
+    for _ in 0..10 {
+        load(&mut iss, &mut p, 1);
+    }
+    assert_eq!(balance(&mut p), 10);
+    let purse_id = purse_data(&mut p).purse_id;
+    let st = txn_status(&mut iss, &mut p, pw::usage::LOAD, iss_id, lost.sam_txn);
+    assert!(!st.applied);
+    let r = resolve(&mut iss, purse_id, lost.sam_txn, pw::usage::LOAD, st);
+    assert_eq!((r.sw, r.data), (Sw::OK, vec![status::PENDING]));
+    // The issuer SAM settles its own journal: export, verify, acknowledge.
+    let settle_own = |iss: &mut Chip| loop {
+        let b = w::JournalBatch::decode(&iss.ok(ins::EXPORT_JOURNAL, 0, 0, &[])).unwrap();
+        if b.final_entries().is_empty() {
+            break;
+        }
+        let ack = iss.ok(ins::VERIFY_JOURNAL, 0, 0, &b.encode());
+        iss.ok(ins::ACK_JOURNAL, 0, 0, &ack);
+    };
+    settle_own(&mut iss);
+    let pending = entry(&mut iss, lost.sam_txn).unwrap();
+    assert_eq!(
+        (pending.kind, pending.status),
+        (pw::kind::LOAD, status::PENDING)
+    );
+    let token = iss.ok(ins::WRITE_OFF, 0, 0, &write_off_data(iss_id, &pending));
+    iss.ok(ins::APPLY_WRITE_OFF, 0, 0, &token);
+    settle_own(&mut iss);
+    let s = statement(&mut iss, iss_id);
+    assert_eq!(
+        (s.sums.written_off_loads, s.sums.written_off_loads_total),
+        (1, u64::from(AMOUNT))
+    );
+    assert_eq!((s.sums.loads, s.sums.loads_total), (10, 10));
+    assert_eq!(
+        (
+            s.sums.written_off_purchases,
+            s.sums.written_off_purchases_total
+        ),
+        (0, 0)
+    );
+    assert_eq!(s.open, 0);
+    assert_eq!(sam_data(&mut iss).journal_count, 0);
 }

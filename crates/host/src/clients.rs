@@ -503,8 +503,10 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
 
     /// RESOLVE a pending authorisation with the purse's transaction status (made for the
     /// challenge of the last [`SamClient::begin_resolve`]). Returns the
-    /// entry's status afterwards (`tessera_sam::wire::status::CONFIRMED` or `VOID`; a
-    /// WRITTEN_OFF entry is refused with 6985 and stays as it is).
+    /// entry's status afterwards (`tessera_sam::wire::status::CONFIRMED`, `VOID`, or
+    /// `PENDING` when the purse's log no longer reaches the entry: it is then marked
+    /// unresolvable, for the issuer's write-off; a WRITTEN_OFF entry is refused with 6985
+    /// and stays as it is).
     pub fn resolve(&mut self, m: &Resolve) -> Result<u8, ClientError> {
         let (ins, data) = (sw_::ins::RESOLVE, Some(m.encode()));
         self.link.call("RESOLVE", ins, 0, data, |d| match d {

@@ -191,6 +191,22 @@ pub enum FlowError {
         "the issuer SAM has not seen this entry pending in a verified batch (settle the journal first), or already settled it"
     )]
     NotOpen,
+    /// RESOLVE: the purse can no longer tell whether the transaction was applied (its log
+    /// has moved past the entry's counter). The SAM keeps the entry PENDING, marked for
+    /// the issuer's write-off.
+    #[error(
+        "the purse can no longer tell whether SAM transaction {0} was applied (its log has moved past it): the SAM keeps the entry PENDING, marked for the issuer's write-off"
+    )]
+    Unresolvable(u32),
+    /// APPLY WRITE OFF refused (6985): RESOLVE has not found the entry unresolvable, so its
+    /// purse may still answer for it.
+    #[error(
+        "SAM transaction {0} has not been found unresolvable: resolve it with its purse first (only an entry its purse can no longer answer for is written off)"
+    )]
+    ResolveFirst(u32),
+    /// The card presented is not the purse the journal entry names.
+    #[error("the card is purse {card}, the journal entry names purse {entry}")]
+    WrongPurse { card: String, entry: String },
 }
 
 impl FlowError {
@@ -224,6 +240,9 @@ impl FlowError {
             FlowError::BadStatement(_) => "bad_statement",
             FlowError::NoPendingEntry(_) => "no_pending_entry",
             FlowError::NotOpen => "not_open",
+            FlowError::Unresolvable(_) => "unresolvable",
+            FlowError::ResolveFirst(_) => "resolve_first",
+            FlowError::WrongPurse { .. } => "wrong_purse",
         }
     }
 
@@ -406,7 +425,8 @@ fn purse_status<P: Transport + ?Sized>(
 /// SAM's pending entry with that MACed status. A lost SAM answer restarts the step with a
 /// new challenge (the purse's answer to a repeated query is the same; RESOLVE is
 /// idempotent). Returns the log record when the transaction was applied, `None` when it
-/// was not (the SAM entry is then VOID).
+/// was not (the SAM entry is then VOID); [`FlowError::Unresolvable`] when the purse can no
+/// longer tell (the entry stays PENDING, marked for the issuer's write-off).
 pub fn recover<P, S>(
     purse: &mut P,
     sam: &mut S,
@@ -449,6 +469,7 @@ where
             status: status.clone(),
         };
         match SamClient::new(&mut *sam).resolve(&resolve) {
+            Ok(s) if s == sw_::status::PENDING => return Err(FlowError::Unresolvable(sam_txn)),
             Ok(_) => return Ok(status.applied.then_some(status.record)),
             Err(e) if e.is_no_response() => {
                 last = Some(("RESOLVE", e));
@@ -989,9 +1010,12 @@ pub struct SettleReport {
     pub loads_total: u64,
     pub purchases_total: u64,
     pub voided: usize,
-    /// WRITTEN_OFF entries settled, and their amounts (written off, not value moved).
-    pub written_off: usize,
-    pub written_off_total: u64,
+    /// WRITTEN_OFF loads and purchases settled, and their amounts (written off: the
+    /// scheme's rule, not a proof, says what they move; docs/value-protocol.md).
+    pub written_off_loads: usize,
+    pub written_off_loads_total: u64,
+    pub written_off_purchases: usize,
+    pub written_off_purchases_total: u64,
     /// PENDING entries the SAM still holds (they stay until resolved).
     pub pending_left: usize,
     /// Highest sequence number acknowledged.
@@ -1098,8 +1122,13 @@ where
             if e.status == sw_::status::VOID {
                 report.voided += 1;
             } else if e.status == sw_::status::WRITTEN_OFF {
-                report.written_off += 1;
-                report.written_off_total += u64::from(e.amount);
+                if e.kind == pw::kind::LOAD {
+                    report.written_off_loads += 1;
+                    report.written_off_loads_total += u64::from(e.amount);
+                } else {
+                    report.written_off_purchases += 1;
+                    report.written_off_purchases_total += u64::from(e.amount);
+                }
             } else if e.kind == pw::kind::LOAD {
                 report.loads_total += u64::from(e.amount);
             } else {
@@ -1114,16 +1143,76 @@ where
 
 // ------------------------------------------------------------------ write-off
 
+/// What [`resolve_entry`] made of a PENDING journal entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// The purse applied it: CONFIRMED with the purse's proof (its log record).
+    Applied(LogRecord),
+    /// The purse did not apply it: VOID.
+    Voided,
+    /// The purse can no longer tell: still PENDING, marked for the issuer's write-off.
+    Unresolvable,
+}
+
+/// Resolve the PENDING journal entry `seq` of `sam` (open) with `purse`, the purse it
+/// names: the recovery step of the load and pay flows, run on its own for an entry a flow
+/// left PENDING (its recovery failed, or the card was taken away). Peeks at the journal
+/// for the entry (nothing recorded), checks that the card is the entry's purse, then runs
+/// [`recover`].
+pub fn resolve_entry<P, S>(
+    purse: &mut P,
+    sam: &mut S,
+    opts: &FlowOptions,
+    seq: u32,
+) -> Result<(JournalEntry, Resolution), FlowError>
+where
+    P: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    let sam_id = SamClient::new(&mut *sam)
+        .sam_data()
+        .map_err(|e| sam_err("GET SAM DATA", e))?
+        .sam_id;
+    let entry = find_pending(sam, seq)?;
+    let card = {
+        let mut p = PurseClient::new(&mut *purse);
+        p.select().map_err(|e| purse_err("SELECT", e))?;
+        p.read_purse_data()
+            .map_err(|e| purse_err("READ PURSE DATA", e))?
+            .purse_id
+    };
+    if card != entry.purse_id {
+        return Err(FlowError::WrongPurse {
+            card: hex::encode_upper(card),
+            entry: hex::encode_upper(entry.purse_id),
+        });
+    }
+    let key_usage = if entry.kind == pw::kind::LOAD {
+        pw::usage::LOAD
+    } else {
+        pw::usage::DEBIT
+    };
+    let resolution = match recover(purse, sam, opts, key_usage, card, sam_id, seq) {
+        Ok(Some(record)) => Resolution::Applied(record),
+        Ok(None) => Resolution::Voided,
+        Err(FlowError::Unresolvable(_)) => Resolution::Unresolvable,
+        Err(e) => return Err(e),
+    };
+    Ok((entry, resolution))
+}
+
 /// Write off the PENDING journal entry `seq` of `terminal_sam` (open) with the issuer SAM
-/// (open): the entry can no longer be resolved (the purse's log has moved past it, RESOLVE
-/// answers 6985) and would otherwise hold the journal for ever.
+/// (open): an entry [`resolve_entry`] (or a flow's recovery) found unresolvable, because
+/// the purse's log has moved past it. It would otherwise hold the journal for ever.
 ///
 /// Peeks at the terminal SAM's journal (EXPORT JOURNAL P2 = 01, nothing recorded) for the
 /// entry, asks the issuer SAM for a WRITE OFF token for it (refused with
 /// [`FlowError::NotOpen`] unless a batch the issuer verified showed the entry PENDING, or
-/// passed over it, and it is not settled: settle first) and applies it (APPLY WRITE OFF).
-/// Returns the entry as it was (PENDING). The next settlement shows it WRITTEN_OFF: the
-/// issuer SAM counts it in `written_off` and the SAM's ack drops it.
+/// passed over it, and it is not settled: settle first) and applies it (APPLY WRITE OFF;
+/// refused with [`FlowError::ResolveFirst`] unless RESOLVE marked the entry
+/// unresolvable). Returns the entry as it was (PENDING). The next settlement shows it
+/// WRITTEN_OFF: the issuer SAM counts it as a written-off load or purchase and the SAM's
+/// ack drops it.
 ///
 /// Applying is idempotent: a run cut after APPLY WRITE OFF can be repeated only until the
 /// entry is WRITTEN_OFF ([`FlowError::NoPendingEntry`] after that, nothing changed).
@@ -1146,7 +1235,10 @@ where
         .map_err(|e| sam_err("WRITE OFF", e))?;
     SamClient::new(&mut *terminal_sam)
         .apply_write_off(&token)
-        .map_err(|e| sam_err("APPLY WRITE OFF", e))?;
+        .map_err(|e| match e.sw() {
+            Some(Sw::CONDITIONS_NOT_SATISFIED) => FlowError::ResolveFirst(seq),
+            _ => sam_err("APPLY WRITE OFF", e),
+        })?;
     Ok(entry)
 }
 

@@ -10,8 +10,8 @@ use tessera_host::clients::{PurseClient, SamClient};
 use tessera_host::flows::kit::{self, PurseParams, World};
 use tessera_host::flows::reconcile;
 use tessera_host::flows::{self, FlowError, LoadRequest};
-use tessera_purse::wire::{self as pw, AuthorizePurchase, InitPurchase};
-use tessera_sam::wire::{self as sw_, Resolve};
+use tessera_purse::wire::{AuthorizePurchase, InitPurchase};
+use tessera_sam::wire as sw_;
 
 const LOST: u32 = 333;
 
@@ -71,35 +71,6 @@ fn unresolvable_entry_is_written_off_settled_and_reconciled() {
     for _ in 0..6 {
         pay(&mut w, 10);
     }
-    // RESOLVE cannot void it: the purse's log (4 records) no longer covers its counter.
-    let purse_id = {
-        let mut p = PurseClient::new(&mut w.purses[0]);
-        p.select().unwrap();
-        p.read_purse_data().unwrap().purse_id
-    };
-    let ch = SamClient::new(&mut w.terminal).begin_resolve().unwrap();
-    let status = PurseClient::new(&mut w.purses[0])
-        .txn_status(
-            pw::usage::DEBIT,
-            &pw::TxnStatusQuery {
-                sam_id: TERMINAL,
-                sam_txn: seq,
-                sam_challenge: ch.sam_challenge,
-            },
-        )
-        .unwrap();
-    assert!(!status.applied);
-    let r = SamClient::new(&mut w.terminal).resolve(&Resolve {
-        purse_id,
-        sam_txn: seq,
-        key_usage: pw::usage::DEBIT,
-        status,
-    });
-    assert_eq!(
-        r.unwrap_err().sw(),
-        Some(tessera_apdu::Sw::CONDITIONS_NOT_SATISFIED)
-    );
-
     // Before the issuer has seen the entry in a verified batch: refused, nothing changed.
     let e = flows::write_off(&mut w.terminal, &mut w.issuer, seq).unwrap_err();
     assert!(matches!(e, FlowError::NotOpen), "{e}");
@@ -108,9 +79,23 @@ fn unresolvable_entry_is_written_off_settled_and_reconciled() {
     let mut records = Vec::new();
     let first = settle(&mut w, &mut records);
     assert_eq!((first.settled, first.purchases_total), (6, 60));
-    assert_eq!(first.written_off, 0);
+    assert_eq!(first.written_off_purchases, 0);
     let d = SamClient::new(&mut w.terminal).sam_data().unwrap();
     assert_eq!((d.journal_count, d.pending_count), (1, 1));
+
+    // Open at the issuer now, but RESOLVE has not found it unresolvable: refused.
+    let e = flows::write_off(&mut w.terminal, &mut w.issuer, seq).unwrap_err();
+    assert!(matches!(e, FlowError::ResolveFirst(s) if s == seq), "{e}");
+    assert_eq!(e.reason(), "resolve_first");
+    assert_eq!(SamClient::new(&mut w.terminal).sam_data().unwrap(), d);
+
+    // RESOLVE cannot void it: the purse's log (4 records) no longer covers its counter.
+    let opts = w.terminal_opts();
+    let (entry, resolution) =
+        flows::resolve_entry(&mut w.purses[0], &mut w.terminal, &opts, seq).unwrap();
+    assert_eq!(resolution, flows::Resolution::Unresolvable);
+    assert_eq!((entry.seq, entry.amount), (seq, LOST));
+    assert_eq!(SamClient::new(&mut w.terminal).sam_data().unwrap(), d);
 
     let entry = flows::write_off(&mut w.terminal, &mut w.issuer, seq).unwrap();
     assert_eq!((entry.seq, entry.amount), (seq, LOST));
@@ -127,9 +112,13 @@ fn unresolvable_entry_is_written_off_settled_and_reconciled() {
     let second = settle(&mut w, &mut records);
     assert_eq!(second.settled, 1);
     assert_eq!(
-        (second.written_off, second.written_off_total),
+        (
+            second.written_off_purchases,
+            second.written_off_purchases_total
+        ),
         (1, u64::from(LOST))
     );
+    assert_eq!(second.written_off_loads, 0);
     assert_eq!((second.purchases_total, second.voided), (0, 0));
     assert_eq!(second.pending_left, 0);
     assert_eq!(second.entries[0].status, sw_::status::WRITTEN_OFF);
@@ -147,18 +136,58 @@ fn unresolvable_entry_is_written_off_settled_and_reconciled() {
         .unwrap();
     let t = &fresh.totals;
     assert_eq!(
-        (t.sums.written_off, t.sums.written_off_total),
+        (
+            t.sums.written_off_purchases,
+            t.sums.written_off_purchases_total
+        ),
         (1, u64::from(LOST))
     );
+    assert_eq!((t.sums.written_off_loads, t.sums.loads), (0, 0));
     assert_eq!((t.sums.purchases, t.sums.purchases_total), (6, 60));
     assert_eq!((t.sums.voids, t.open), (0, 0));
     let report = reconcile::reconcile(&records, &fresh, &nonce, &key, &ISSUER, &TERMINAL).unwrap();
-    assert_eq!(report.sums.written_off, 1);
-    assert_eq!(report.sums.written_off_total, u64::from(LOST));
+    assert_eq!(report.sums.written_off_purchases, 1);
+    assert_eq!(report.sums.written_off_purchases_total, u64::from(LOST));
 
     // Without the record of the batch that settled the write-off, the records do not
     // reconcile.
     records.pop();
     let err = reconcile::reconcile(&records, &fresh, &nonce, &key, &ISSUER, &TERMINAL);
     assert!(err.is_err());
+}
+
+/// `resolve_entry` on an entry the purse can still answer for: VOID when it never reached
+/// the purse, and another card than the entry's purse is refused before anything is sent
+/// to the SAM.
+#[test]
+fn resolve_entry_voids_an_abandoned_purchase_and_refuses_another_card() {
+    let mut w = World::new(2, &PurseParams::default()).unwrap();
+    let opts = w.issuer_opts();
+    flows::load_with(
+        &mut w.purses[0],
+        &mut w.issuer,
+        LoadRequest {
+            amount: 1_000,
+            terminal_time: T,
+        },
+        &opts,
+    )
+    .unwrap();
+    let seq = abandoned_purchase(&mut w, 40);
+    let opts = w.terminal_opts();
+    let before = SamClient::new(&mut w.terminal).sam_data().unwrap();
+    let (terminal, purses) = (&mut w.terminal, &mut w.purses);
+    let e = flows::resolve_entry(&mut purses[1], terminal, &opts, seq).unwrap_err();
+    assert!(matches!(e, FlowError::WrongPurse { .. }), "{e}");
+    assert_eq!(e.reason(), "wrong_purse");
+    assert_eq!(SamClient::new(&mut w.terminal).sam_data().unwrap(), before);
+    let (entry, resolution) =
+        flows::resolve_entry(&mut w.purses[0], &mut w.terminal, &opts, seq).unwrap();
+    assert_eq!(resolution, flows::Resolution::Voided);
+    assert_eq!(entry.amount, 40);
+    let d = SamClient::new(&mut w.terminal).sam_data().unwrap();
+    assert_eq!(d.pending_count, before.pending_count - 1);
+    // Not PENDING any more.
+    let e = flows::resolve_entry(&mut w.purses[0], &mut w.terminal, &opts, seq).unwrap_err();
+    assert!(matches!(e, FlowError::NoPendingEntry(s) if s == seq), "{e}");
 }

@@ -66,15 +66,20 @@ pub struct ReconcileReport {
 
 fn sums_ser<S: serde::Serializer>(m: &SettledSums, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
-    let mut map = s.serialize_map(Some(9))?;
+    let mut map = s.serialize_map(Some(11))?;
     map.serialize_entry("batches", &m.batches)?;
     map.serialize_entry("purchases", &m.purchases)?;
     map.serialize_entry("purchases_total", &m.purchases_total)?;
     map.serialize_entry("loads", &m.loads)?;
     map.serialize_entry("loads_total", &m.loads_total)?;
     map.serialize_entry("voids", &m.voids)?;
-    map.serialize_entry("written_off", &m.written_off)?;
-    map.serialize_entry("written_off_total", &m.written_off_total)?;
+    map.serialize_entry("written_off_loads", &m.written_off_loads)?;
+    map.serialize_entry("written_off_loads_total", &m.written_off_loads_total)?;
+    map.serialize_entry("written_off_purchases", &m.written_off_purchases)?;
+    map.serialize_entry(
+        "written_off_purchases_total",
+        &m.written_off_purchases_total,
+    )?;
     map.serialize_entry("chain", &hex::encode_upper(m.chain))?;
     map.end()
 }
@@ -140,11 +145,25 @@ fn agree(a: &SettledSums, b: &SettledSums) -> Option<String> {
         ("load total", a.loads_total, b.loads_total),
         ("voids", u64::from(a.voids), u64::from(b.voids)),
         (
-            "write-offs",
-            u64::from(a.written_off),
-            u64::from(b.written_off),
+            "loads written off",
+            u64::from(a.written_off_loads),
+            u64::from(b.written_off_loads),
         ),
-        ("write-off total", a.written_off_total, b.written_off_total),
+        (
+            "load write-off total",
+            a.written_off_loads_total,
+            b.written_off_loads_total,
+        ),
+        (
+            "purchases written off",
+            u64::from(a.written_off_purchases),
+            u64::from(b.written_off_purchases),
+        ),
+        (
+            "purchase write-off total",
+            a.written_off_purchases_total,
+            b.written_off_purchases_total,
+        ),
     ];
     for (name, x, y) in pairs {
         if x != y {
