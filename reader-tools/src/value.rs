@@ -116,7 +116,10 @@ pub enum SamCmd {
     Journal(SamJournalArgs),
     /// Check a SAM's settlement records against the issuer SAM's signed statement.
     Reconcile(SamReconcileArgs),
-    /// Write off a PENDING journal entry that can no longer be resolved, with the issuer
+    /// Resolve a PENDING journal entry with its purse (the flows' recovery step, on its
+    /// own): confirmed, voided, or found unresolvable (then open to a write-off).
+    Resolve(SamResolveArgs),
+    /// Write off a PENDING journal entry `sam resolve` found unresolvable, with the issuer
     /// SAM's authorisation (the issuer must have seen it PENDING in a settled batch).
     WriteOff(SamWriteOffArgs),
 }
@@ -194,6 +197,22 @@ pub struct SamJournalArgs {
     /// Issuer SAM unlock PIN for --settle (default: the one in scheme.json).
     #[arg(long)]
     pub issuer_pin: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct SamResolveArgs {
+    /// The SAM holding the entry (a terminal SAM, or the issuer SAM image for a load).
+    #[command(flatten)]
+    pub sam: SamTargetArgs,
+    /// The purse the entry names.
+    #[command(flatten)]
+    pub card: TargetArgs,
+    /// Sequence number (SAM transaction number) of the PENDING entry.
+    #[arg(long, value_name = "N")]
+    pub seq: u32,
+    /// Unlock PIN of the SAM (default 0000).
+    #[arg(long)]
+    pub sam_pin: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -299,6 +318,7 @@ pub fn run(c: ValueCmd, g: Global) -> CliResult {
         ValueCmd::Sam(SamCmd::Show(a)) => sam_show(&a)?,
         ValueCmd::Sam(SamCmd::Journal(a)) => sam_journal(&a)?,
         ValueCmd::Sam(SamCmd::Reconcile(a)) => sam_reconcile(&a)?,
+        ValueCmd::Sam(SamCmd::Resolve(a)) => sam_resolve(&a)?,
         ValueCmd::Sam(SamCmd::WriteOff(a)) => sam_write_off(&a)?,
         ValueCmd::Load(a) => load(&a)?,
         ValueCmd::Pay(a) => pay(&a)?,
@@ -1272,6 +1292,55 @@ fn with_issuer<R>(
             what: "issuer SAM",
         },
     ))
+}
+
+fn sam_resolve(a: &SamResolveArgs) -> CliResult<Out> {
+    let mut sam = a.sam.open()?;
+    let sam_pin = a
+        .sam_pin
+        .clone()
+        .unwrap_or_else(|| String::from_utf8_lossy(kit::DEFAULT_SAM_PIN).into_owned());
+    let d =
+        flows::open_sam(sam.transport(), sam_pin.as_bytes()).map_err(|e| format!("SAM: {e}"))?;
+    let mut card = a.card.open()?;
+    let opts = FlowOptions {
+        sam_pin: Some(sam_pin.into_bytes()),
+    };
+    let result = flows::resolve_entry(card.transport(), sam.transport(), &opts, a.seq);
+    let saved = save_target(&mut card, "card").and_then(|_| save_target(&mut sam, "SAM"));
+    let (entry, resolution) = result.map_err(|e| flow_err("resolve", e))?;
+    saved?;
+    let (name, outcome) = match &resolution {
+        flows::Resolution::Applied(r) => (
+            "confirmed",
+            format!(
+                "confirmed: the purse applied it (counter {}, balance after {})",
+                r.counter, r.balance_after
+            ),
+        ),
+        flows::Resolution::Voided => ("void", "voided: the purse never applied it".to_string()),
+        flows::Resolution::Unresolvable => (
+            "unresolvable",
+            "unresolvable: the purse's log has moved past it; the entry stays PENDING, marked for the issuer's write-off (tessera sam write-off)".to_string(),
+        ),
+    };
+    let text = format!(
+        "SAM {}: entry seq {} ({} of {} minor units, purse {}, counter {}) {outcome}\n",
+        hex::encode_upper(d.sam_id),
+        entry.seq,
+        kind_name(entry.kind),
+        entry.amount,
+        hex::encode_upper(entry.purse_id),
+        entry.counter,
+    );
+    Ok(Out {
+        json: json!({
+            "sam_id": hex::encode_upper(d.sam_id),
+            "entry": entry_json(&entry),
+            "resolution": name,
+        }),
+        text,
+    })
 }
 
 fn sam_write_off(a: &SamWriteOffArgs) -> CliResult<Out> {

@@ -240,3 +240,149 @@ fn sam_write_off_refuses_an_entry_that_is_not_pending() {
     assert!(!o.status.success());
     assert_eq!(ok_json(&["sam", "show", "--sam", &sam])["journal_count"], 0);
 }
+
+/// Authorise a purchase of `amount` at the SAM image `sam` for the purse image `card` and
+/// never send it to the purse (the card was pulled): the SAM holds a PENDING entry. Both
+/// images are saved. Returns the entry's sequence number.
+fn abandoned_purchase(card: &str, sam: &str, amount: u32) -> u32 {
+    use tessera_host::clients::{PurseClient, SamClient};
+    use tessera_purse::wire::{AuthorizePurchase, InitPurchase};
+    let files = || {
+        let mut v = vec![tessera_os::diag::load_file()];
+        v.extend(tessera_host::flows::kit::load_files());
+        v
+    };
+    let mut c = tessera_os::Card::open_image(card, files()).unwrap();
+    let mut s = tessera_os::Card::open_image(sam, files()).unwrap();
+    c.power_on();
+    s.power_on();
+    tessera_host::flows::open_sam(&mut s, b"0000").unwrap();
+    let begin = SamClient::new(&mut s).begin_purchase().unwrap();
+    let mut p = PurseClient::new(&mut c);
+    p.select().unwrap();
+    let ip = p
+        .init_purchase(&InitPurchase {
+            sam_id: begin.sam_id,
+            sam_challenge: begin.sam_challenge,
+        })
+        .unwrap();
+    let auth = SamClient::new(&mut s)
+        .authorize_purchase(&AuthorizePurchase {
+            purse_id: ip.purse_id,
+            currency: ip.currency,
+            balance: ip.balance,
+            counter: ip.counter,
+            card_challenge: ip.card_challenge,
+            key_version: ip.key_version,
+            pin_threshold: ip.pin_threshold,
+            flags: ip.flags,
+            card_auth: ip.card_auth,
+            amount,
+            terminal_id: [0, 0, 0, 7],
+            terminal_time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as u32,
+        })
+        .unwrap();
+    c.save_image(card).unwrap();
+    s.save_image(sam).unwrap();
+    auth.sam_txn
+}
+
+/// `sam resolve` voids an entry the purse never applied and finds one its log has moved
+/// past unresolvable; `sam write-off` then settles that one as a written-off purchase, once
+/// the issuer has seen it pending in a settled batch.
+#[test]
+fn sam_resolve_and_write_off_an_abandoned_purchase() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let scheme = p(d, "scheme");
+    let card = p(d, "a.card");
+    let sam = p(d, "t.sam");
+    ok_json(&["scheme", "init", &scheme]);
+    ok_json(&[
+        "card",
+        "issue",
+        "--scheme",
+        &scheme,
+        "--out",
+        &card,
+        "--pin",
+        "1234",
+        "--log-size",
+        "4",
+    ]);
+    ok_json(&[
+        "sam", "issue", "--scheme", &scheme, "--role", "terminal", "--out", &sam,
+    ]);
+    ok_json(&[
+        "load", "--scheme", &scheme, "--card", &card, "--amount", "1000",
+    ]);
+    let lost = abandoned_purchase(&card, &sam, 40);
+    let voided = abandoned_purchase(&card, &sam, 50);
+    let resolve = |seq: u32| {
+        ok_json(&[
+            "sam",
+            "resolve",
+            "--sam",
+            &sam,
+            "--card",
+            &card,
+            "--seq",
+            &seq.to_string(),
+        ])
+    };
+    let r = resolve(voided);
+    assert_eq!(r["resolution"], "void");
+    assert_eq!(r["entry"]["amount"], 50);
+    for _ in 0..6 {
+        ok_json(&["pay", "--sam", &sam, "--card", &card, "--amount", "10"]);
+    }
+    let r = resolve(lost);
+    assert_eq!(r["resolution"], "unresolvable");
+    assert_eq!(r["entry"]["status"], "pending");
+    let write_off = |json: bool| {
+        let seq = lost.to_string();
+        let mut args = vec![
+            "sam",
+            "write-off",
+            "--scheme",
+            &scheme,
+            "--sam",
+            &sam,
+            "--seq",
+            &seq,
+        ];
+        if json {
+            args.push("--json");
+        }
+        tessera(&args)
+    };
+    // The issuer has not seen it yet.
+    let o = write_off(false);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("has not seen this entry pending"), "{err}");
+    let s = ok_json(&[
+        "sam", "journal", "--sam", &sam, "--settle", "--scheme", &scheme,
+    ]);
+    assert_eq!(s["settlement"]["purchases_total"], 60);
+    let o = write_off(true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["written_off"]["seq"], lost);
+    assert_eq!(v["written_off"]["status"], "written_off");
+    let s = ok_json(&[
+        "sam", "journal", "--sam", &sam, "--settle", "--scheme", &scheme,
+    ]);
+    assert_eq!(s["settlement"]["written_off_purchases"], 1);
+    assert_eq!(s["settlement"]["written_off_purchases_total"], 40);
+    assert_eq!(s["settlement"]["purchases_total"], 0);
+    assert_eq!(ok_json(&["sam", "show", "--sam", &sam])["journal_count"], 0);
+    // The purse paid 6 × 10 and nothing else.
+    assert_eq!(
+        ok_json(&["purse", "show", "--card", &card])["balance"],
+        1000 - 60
+    );
+}
