@@ -238,7 +238,7 @@ check "pay 250 through PC/SC (--reader, --sam-reader)" "$T" pay --reader "$R0" -
 check "pay over the balance is refused through PC/SC" bash -c "! '$T' pay --reader '$R0' --sam-reader '$R1' --amount 5000"
 check "purse show --reader: balance 750" bash -c "'$T' purse show --reader '$R0' --json | grep -q '\"balance\":750'"
 # Settlement with the SAM in the reader: EXPORT / ACK JOURNAL through PC/SC, VERIFY JOURNAL
-# and the 366-byte signed statement at the scheme's issuer SAM image.
+# and the 378-byte signed statement at the scheme's issuer SAM image.
 check "settle the terminal SAM's journal through PC/SC (--sam-reader)" bash -c "'$T' sam journal --sam-reader '$R1' --settle --scheme '$SCHEME' --json | grep -q '\"purchases_total\":250'"
 check "stop serve (purse and SAM leave both readers)" stop_serve
 check "the purse image kept the balance after serve stopped" bash -c "'$T' purse show --card '$PURSE' --json | grep -q '\"balance\":750'"

@@ -1243,16 +1243,23 @@ fn sam_journal(a: &SamJournalArgs) -> CliResult<Out> {
         );
         let _ = writeln!(
             text,
-            "settled {} entries in {} batch(es): purchases {}, loads {}, {} void, written off: {} load(s) ({}) and {} purchase(s) ({}), {} pending left",
+            "settled {} entries in {} batch(es): purchases {}, loads {}, {} void{}, {} pending left",
             report.settled,
             report.batches,
             money(report.purchases_total, scheme.currency),
             money(report.loads_total, scheme.currency),
             report.voided,
-            report.written_off_loads,
-            money(report.written_off_loads_total, scheme.currency),
-            report.written_off_purchases,
-            money(report.written_off_purchases_total, scheme.currency),
+            if report.written_off_loads + report.written_off_purchases == 0 {
+                String::new()
+            } else {
+                format!(
+                    ", written off: {} load(s) ({}) and {} purchase(s) ({})",
+                    report.written_off_loads,
+                    money(report.written_off_loads_total, scheme.currency),
+                    report.written_off_purchases,
+                    money(report.written_off_purchases_total, scheme.currency),
+                )
+            },
             report.pending_left
         );
         j["settlement"] = serde_json::to_value(&report)?;

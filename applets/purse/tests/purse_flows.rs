@@ -536,10 +536,7 @@ fn not_applied_after_the_log_wrapped_stays_pending() {
     let (mut term, r, st) = resolve_abandoned_after(2, 3);
     assert_eq!(st.oldest_logged_counter, 2);
     // Not conclusive: the entry stays PENDING, marked unresolvable (for a write-off).
-    assert_eq!(
-        (r.sw, r.data),
-        (Sw::OK, vec![sam_wire::status::PENDING])
-    );
+    assert_eq!((r.sw, r.data), (Sw::OK, vec![sam_wire::status::PENDING]));
     let d = sam_data(&mut term);
     assert_eq!((d.pending_count, d.journal_count), (1, 4));
     let b =
