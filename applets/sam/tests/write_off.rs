@@ -515,3 +515,68 @@ fn a_written_off_load_is_counted_as_a_load_write_off() {
     assert_eq!(s.open, 0);
     assert_eq!(sam_data(&mut iss).journal_count, 0);
 }
+
+/// Power cut at every write of the RESOLVE that marks an entry unresolvable: the entry
+/// stays PENDING with the same counts, marked or not; the next RESOLVE marks it, and only
+/// then does the write-off apply.
+#[test]
+fn tearing_the_unresolvable_mark() {
+    let mut iss = issuer();
+    let opts = TerminalOpts::default();
+    let sam_id = opts.sam_id;
+    let mut t = terminal(&mut iss, opts);
+    let mut p = purse(
+        &mut iss,
+        &PurseOpts {
+            pin_threshold: u32::MAX,
+            ..PurseOpts::default()
+        },
+    );
+    load(&mut iss, &mut p, 10_000);
+    let lost = prepare_purchase(&mut t, &mut p, AMOUNT, T0).unwrap();
+    let seq = lost.msg.sam_txn;
+    for _ in 0..10 {
+        purchase(&mut t, &mut p, 1, None).unwrap();
+    }
+    settle_entries(&mut t, &mut iss);
+    let pending = entry(&mut t, seq).unwrap();
+    let token = iss.ok(ins::WRITE_OFF, 0, 0, &write_off_data(sam_id, &pending));
+    let before = sam_data(&mut t);
+    let mut k = 0u64;
+    loop {
+        let st = txn_status(&mut t, &mut p, pw::usage::DEBIT, sam_id, seq);
+        let data = w::Resolve {
+            purse_id: lost.purse_id,
+            sam_txn: seq,
+            key_usage: pw::usage::DEBIT,
+            status: st,
+        }
+        .encode();
+        t.card.arm_tear(TearPlan {
+            after_bytes: Some(k),
+            after_commit: false,
+        });
+        match t.try_send(0x80, ins::RESOLVE, 0, 0, &data) {
+            Err(CardError::PowerLost) => {
+                t.card.power_on();
+                t.select();
+                unlock(&mut t);
+                assert!(t.card.store_consistent());
+                assert_eq!(entry(&mut t, seq).unwrap().status, status::PENDING);
+                assert_eq!(sam_data(&mut t), before);
+                k += 1;
+            }
+            Ok(r) => {
+                assert_eq!((r.sw, r.data), (Sw::OK, vec![status::PENDING]));
+                disarm(&mut t.card);
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(k < 10_000);
+    }
+    assert!(k > 0, "RESOLVE writes the mark");
+    assert_eq!(sam_data(&mut t), before);
+    t.ok(ins::APPLY_WRITE_OFF, 0, 0, &token);
+    assert_eq!(entry(&mut t, seq).unwrap().status, status::WRITTEN_OFF);
+}
