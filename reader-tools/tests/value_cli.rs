@@ -245,8 +245,6 @@ fn sam_write_off_refuses_an_entry_that_is_not_pending() {
 /// never send it to the purse (the card was pulled): the SAM holds a PENDING entry. Both
 /// images are saved. Returns the entry's sequence number.
 fn abandoned_purchase(card: &str, sam: &str, amount: u32) -> u32 {
-    use tessera_host::clients::{PurseClient, SamClient};
-    use tessera_purse::wire::{AuthorizePurchase, InitPurchase};
     let files = || {
         let mut v = vec![tessera_os::diag::load_file()];
         v.extend(tessera_host::flows::kit::load_files());
@@ -257,37 +255,12 @@ fn abandoned_purchase(card: &str, sam: &str, amount: u32) -> u32 {
     c.power_on();
     s.power_on();
     tessera_host::flows::open_sam(&mut s, b"0000").unwrap();
-    let begin = SamClient::new(&mut s).begin_purchase().unwrap();
-    let mut p = PurseClient::new(&mut c);
-    p.select().unwrap();
-    let ip = p
-        .init_purchase(&InitPurchase {
-            sam_id: begin.sam_id,
-            sam_challenge: begin.sam_challenge,
-        })
-        .unwrap();
-    let auth = SamClient::new(&mut s)
-        .authorize_purchase(&AuthorizePurchase {
-            purse_id: ip.purse_id,
-            currency: ip.currency,
-            balance: ip.balance,
-            counter: ip.counter,
-            card_challenge: ip.card_challenge,
-            key_version: ip.key_version,
-            pin_threshold: ip.pin_threshold,
-            flags: ip.flags,
-            card_auth: ip.card_auth,
-            amount,
-            terminal_id: [0, 0, 0, 7],
-            terminal_time: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs() as u32,
-        })
+    let now = tessera_host::flows::kit::unix_time(std::time::SystemTime::now());
+    let seq = tessera_host::flows::kit::abandon_purchase(&mut c, &mut s, amount, [0, 0, 0, 7], now)
         .unwrap();
     c.save_image(card).unwrap();
     s.save_image(sam).unwrap();
-    auth.sam_txn
+    seq
 }
 
 /// `sam resolve` voids an entry the purse never applied and finds one its log has moved

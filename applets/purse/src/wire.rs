@@ -486,6 +486,33 @@ message!(
     terminal_time: u32,
 });
 
+impl AuthorizePurchase {
+    /// The request for a sale of `amount` at terminal `terminal_id`, `terminal_time`, on
+    /// the card's INIT PURCHASE answer `init` (carried unchanged: the SAM checks its
+    /// cryptogram).
+    pub fn new(
+        init: &InitPurchaseResponse,
+        amount: u32,
+        terminal_id: [u8; 4],
+        terminal_time: u32,
+    ) -> Self {
+        AuthorizePurchase {
+            purse_id: init.purse_id,
+            currency: init.currency,
+            balance: init.balance,
+            counter: init.counter,
+            card_challenge: init.card_challenge,
+            key_version: init.key_version,
+            pin_threshold: init.pin_threshold,
+            flags: init.flags,
+            card_auth: init.card_auth,
+            amount,
+            terminal_id,
+            terminal_time,
+        }
+    }
+}
+
 message!(
     /// SAM AUTHORIZE PURCHASE response.
     PurchaseAuthorization, 4 + 8, {

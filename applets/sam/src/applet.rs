@@ -255,18 +255,29 @@ struct SettledSumsV2 {
 }
 
 /// The totals of an `S/` record as written when write-offs were counted without their
-/// kind (a strict prefix of [`wire::SettledSums`]).
+/// kind (a strict prefix of [`wire::SettledSums`]; postcard writes a nested struct as its
+/// fields in order, so this is [`SettledSumsV2`] followed by the two counts).
 #[derive(Debug, Clone, Deserialize)]
 struct SettledSumsV3 {
-    batches: u32,
-    purchases: u32,
-    purchases_total: u64,
-    loads: u32,
-    loads_total: u64,
-    voids: u32,
-    chain: [u8; 32],
+    v2: SettledSumsV2,
     written_off: u32,
     written_off_total: u64,
+}
+
+impl SettledSumsV2 {
+    /// The current totals with these and no write-offs.
+    fn upgrade(&self) -> wire::SettledSums {
+        wire::SettledSums {
+            batches: self.batches,
+            purchases: self.purchases,
+            purchases_total: self.purchases_total,
+            loads: self.loads,
+            loads_total: self.loads_total,
+            voids: self.voids,
+            chain: self.chain,
+            ..wire::SettledSums::default()
+        }
+    }
 }
 
 /// The `S/` record as written before the write-off counts existed (V2) or with write-offs
@@ -294,47 +305,37 @@ impl<M> SettledOld<M> {
 
 /// The `S/` record of a SAM, of any layout (empty when nothing was settled for it).
 fn settled(ctx: &Context<'_>, key: &[u8]) -> Result<Settled, Sw> {
-    // Each older layout is a strict prefix of the newer ones, and a layout reads the
-    // bytes of a newer one (postcard ignores what follows): try the newest first.
-    if let Ok(Some(rec)) = ctx.load::<Settled>(key) {
-        return Ok(rec);
+    match ctx.get(key) {
+        None => Ok(Settled::default()),
+        Some(bytes) => settled_decode(&bytes).ok_or(Sw::UNKNOWN),
     }
-    if let Ok(Some(v)) = ctx.load::<SettledOld<SettledSumsV3>>(key) {
-        let m = &v.sums;
+}
+
+/// Decode an `S/` record of any layout (`None`: none of them, a corrupt record).
+fn settled_decode(bytes: &[u8]) -> Option<Settled> {
+    // Each older layout is a strict prefix of the newer ones, and a layout reads the
+    // bytes of a newer one (postcard ignores what follows): try the newest first. An
+    // older record is too short for every newer layout (postcard answers end of input).
+    if let Ok(rec) = postcard::from_bytes::<Settled>(bytes) {
+        return Some(rec);
+    }
+    if let Ok(v) = postcard::from_bytes::<SettledOld<SettledSumsV3>>(bytes) {
         // Write-offs of that layout have no kind: carried as purchases (not paid), the
         // side that pays nobody; a reconciliation that replays them shows any that
         // were loads (docs/applets/sam.md).
         let sums = wire::SettledSums {
-            batches: m.batches,
-            purchases: m.purchases,
-            purchases_total: m.purchases_total,
-            loads: m.loads,
-            loads_total: m.loads_total,
-            voids: m.voids,
-            chain: m.chain,
-            written_off_loads: 0,
-            written_off_loads_total: 0,
-            written_off_purchases: m.written_off,
-            written_off_purchases_total: m.written_off_total,
+            written_off_purchases: v.sums.written_off,
+            written_off_purchases_total: v.sums.written_off_total,
+            ..v.sums.v2.upgrade()
         };
-        return Ok(v.upgrade(sums));
+        return Some(v.upgrade(sums));
     }
-    if let Ok(Some(v)) = ctx.load::<SettledOld<SettledSumsV2>>(key) {
-        let m = &v.sums;
-        let sums = wire::SettledSums {
-            batches: m.batches,
-            purchases: m.purchases,
-            purchases_total: m.purchases_total,
-            loads: m.loads,
-            loads_total: m.loads_total,
-            voids: m.voids,
-            chain: m.chain,
-            ..wire::SettledSums::default()
-        };
-        return Ok(v.upgrade(sums));
+    if let Ok(v) = postcard::from_bytes::<SettledOld<SettledSumsV2>>(bytes) {
+        let sums = v.sums.upgrade();
+        return Some(v.upgrade(sums));
     }
-    Ok(ctx
-        .load::<SettledV1>(key)?
+    postcard::from_bytes::<SettledV1>(bytes)
+        .ok()
         .map(|v| Settled {
             hwm: v.hwm,
             open: v.open,
@@ -342,7 +343,6 @@ fn settled(ctx: &Context<'_>, key: &[u8]) -> Result<Settled, Sw> {
             last_seq: v.last_seq,
             ..Settled::default()
         })
-        .unwrap_or_default())
 }
 
 fn s_key(sam_id: &[u8; 4]) -> Vec<u8> {
@@ -1868,5 +1868,140 @@ impl Applet for Sam {
         };
         require_unlocked(ctx)?;
         handler(ctx, cmd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `S/` layouts as earlier versions wrote them (serialisable mirrors).
+    #[derive(Serialize)]
+    struct V1 {
+        hwm: u32,
+        open: Vec<u32>,
+        last_mac: Mac,
+        last_seq: u32,
+    }
+
+    #[derive(Serialize)]
+    struct SumsV2 {
+        batches: u32,
+        purchases: u32,
+        purchases_total: u64,
+        loads: u32,
+        loads_total: u64,
+        voids: u32,
+        chain: [u8; 32],
+    }
+
+    #[derive(Serialize)]
+    struct SumsV3 {
+        v2: SumsV2,
+        written_off: u32,
+        written_off_total: u64,
+    }
+
+    #[derive(Serialize)]
+    struct Old<M> {
+        v1: V1,
+        sums: M,
+    }
+
+    fn v1() -> V1 {
+        V1 {
+            hwm: 300,
+            open: vec![7, 299],
+            last_mac: [0xAB; 8],
+            last_seq: 300,
+        }
+    }
+
+    fn v2() -> SumsV2 {
+        SumsV2 {
+            batches: 5,
+            purchases: 40,
+            purchases_total: 1_000_000_000_000,
+            loads: 3,
+            loads_total: 70_000,
+            voids: 2,
+            chain: [0x5C; 32],
+        }
+    }
+
+    fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+        postcard::to_allocvec(v).unwrap()
+    }
+
+    fn check_v1_fields(s: &Settled) {
+        assert_eq!(
+            (s.hwm, s.open.clone(), s.last_mac, s.last_seq),
+            (300, vec![7, 299], [0xAB; 8], 300)
+        );
+    }
+
+    fn check_v2_sums(m: &wire::SettledSums) {
+        assert_eq!(
+            (
+                m.batches,
+                m.purchases,
+                m.purchases_total,
+                m.loads,
+                m.loads_total,
+                m.voids
+            ),
+            (5, 40, 1_000_000_000_000, 3, 70_000, 2)
+        );
+        assert_eq!(m.chain, [0x5C; 32]);
+    }
+
+    #[test]
+    fn every_settled_layout_upgrades() {
+        // V1: no totals, no chain.
+        let s = settled_decode(&enc(&v1())).unwrap();
+        check_v1_fields(&s);
+        assert_eq!(s.sums, wire::SettledSums::default());
+        // V2: totals and chain, no write-offs.
+        let s = settled_decode(&enc(&Old {
+            v1: v1(),
+            sums: v2(),
+        }))
+        .unwrap();
+        check_v1_fields(&s);
+        check_v2_sums(&s.sums);
+        assert_eq!(
+            (s.sums.written_off_loads, s.sums.written_off_purchases),
+            (0, 0)
+        );
+        // V3: write-offs without kind, carried as purchases.
+        let old = Old {
+            v1: v1(),
+            sums: SumsV3 {
+                v2: v2(),
+                written_off: 4,
+                written_off_total: 999,
+            },
+        };
+        let s = settled_decode(&enc(&old)).unwrap();
+        check_v1_fields(&s);
+        check_v2_sums(&s.sums);
+        assert_eq!(
+            (
+                s.sums.written_off_purchases,
+                s.sums.written_off_purchases_total,
+                s.sums.written_off_loads,
+                s.sums.written_off_loads_total
+            ),
+            (4, 999, 0, 0)
+        );
+        // The current layout reads back as written.
+        let mut now = s.clone();
+        now.sums.written_off_loads = 6;
+        now.sums.written_off_loads_total = 1234;
+        let back = settled_decode(&enc(&now)).unwrap();
+        assert_eq!(back.sums, now.sums);
+        check_v1_fields(&back);
+        // Garbage is no layout.
+        assert!(settled_decode(&[0xFF; 3]).is_none());
     }
 }

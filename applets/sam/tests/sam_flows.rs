@@ -287,29 +287,16 @@ fn purchase_authorisation_needs_session_and_genuine_card() {
         ),
     )
     .unwrap();
+    let honest = pw::AuthorizePurchase::new(&ip, 10, [1, 2, 3, 4], T0);
     let req = pw::AuthorizePurchase {
-        purse_id: ip.purse_id,
-        currency: ip.currency,
         balance: ip.balance + 1, // lie about the balance
-        counter: ip.counter,
-        card_challenge: ip.card_challenge,
-        key_version: ip.key_version,
-        pin_threshold: ip.pin_threshold,
-        flags: ip.flags,
-        card_auth: ip.card_auth,
-        amount: 10,
-        terminal_id: [1, 2, 3, 4],
-        terminal_time: T0,
+        ..honest.clone()
     };
     assert_eq!(
         t.sw(ins::AUTHORIZE_PURCHASE, 0, 0, &req.encode()),
         sw::CARD_PROOF_INVALID
     );
     // The session was consumed by that attempt.
-    let honest = pw::AuthorizePurchase {
-        balance: ip.balance,
-        ..req
-    };
     assert_eq!(
         t.sw(ins::AUTHORIZE_PURCHASE, 0, 0, &honest.encode()),
         sw::NO_SESSION

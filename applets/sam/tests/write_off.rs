@@ -62,15 +62,13 @@ struct Setup {
     lost: w::JournalEntry,
 }
 
-/// A purchase authorised at the terminal SAM and never applied, then 10 confirmed
-/// purchases of 1 (the purse log holds 8): RESOLVE of the first answers PENDING (marked
-/// unresolvable). One settlement shows it PENDING to the issuer (it joins the issuer's
-/// `open`).
-fn setup() -> Setup {
+/// The issuer SAM, a terminal SAM (and its ID) and a purse loaded with 10 000 (no PIN
+/// threshold).
+fn chips() -> (Chip, Chip, Chip, [u8; 4]) {
     let mut iss = issuer();
     let opts = TerminalOpts::default();
     let sam_id = opts.sam_id;
-    let mut t = terminal(&mut iss, opts);
+    let t = terminal(&mut iss, opts);
     let mut p = purse(
         &mut iss,
         &PurseOpts {
@@ -79,11 +77,27 @@ fn setup() -> Setup {
         },
     );
     load(&mut iss, &mut p, 10_000);
-    let lost = prepare_purchase(&mut t, &mut p, AMOUNT, T0).unwrap();
-    let seq = lost.msg.sam_txn;
+    (iss, t, p, sam_id)
+}
+
+/// A purchase of [`AMOUNT`] authorised at the terminal SAM and never applied, then 10
+/// confirmed purchases of 1 (the purse log holds 8): its log no longer reaches it.
+fn abandoned_past_log(t: &mut Chip, p: &mut Chip) -> PreparedPurchase {
+    let lost = prepare_purchase(t, p, AMOUNT, T0).unwrap();
     for _ in 0..10 {
-        purchase(&mut t, &mut p, 1, None).unwrap();
+        purchase(t, p, 1, None).unwrap();
     }
+    lost
+}
+
+/// A purchase authorised at the terminal SAM and never applied, then 10 confirmed
+/// purchases of 1 (the purse log holds 8): RESOLVE of the first answers PENDING (marked
+/// unresolvable). One settlement shows it PENDING to the issuer (it joins the issuer's
+/// `open`).
+fn setup() -> Setup {
+    let (mut iss, mut t, mut p, sam_id) = chips();
+    let lost = abandoned_past_log(&mut t, &mut p);
+    let seq = lost.msg.sam_txn;
     let st = txn_status(&mut t, &mut p, pw::usage::DEBIT, sam_id, seq);
     assert!(!st.applied);
     let r = resolve(&mut t, lost.purse_id, seq, pw::usage::DEBIT, st);
@@ -404,18 +418,7 @@ fn tearing_apply_write_off_keeps_entry_and_counts_together() {
 /// from the purse's own proof, and it settles as a purchase.
 #[test]
 fn an_applied_entry_whose_confirm_was_withheld_is_not_written_off() {
-    let mut iss = issuer();
-    let opts = TerminalOpts::default();
-    let sam_id = opts.sam_id;
-    let mut t = terminal(&mut iss, opts);
-    let mut p = purse(
-        &mut iss,
-        &PurseOpts {
-            pin_threshold: u32::MAX,
-            ..PurseOpts::default()
-        },
-    );
-    load(&mut iss, &mut p, 10_000);
+    let (mut iss, mut t, mut p, sam_id) = chips();
     let withheld = prepare_purchase(&mut t, &mut p, AMOUNT, T0).unwrap();
     let seq = withheld.msg.sam_txn;
     p.ok(pw::ins::PURCHASE, 0, 0, &withheld.msg.encode());
@@ -521,23 +524,9 @@ fn a_written_off_load_is_counted_as_a_load_write_off() {
 /// then does the write-off apply.
 #[test]
 fn tearing_the_unresolvable_mark() {
-    let mut iss = issuer();
-    let opts = TerminalOpts::default();
-    let sam_id = opts.sam_id;
-    let mut t = terminal(&mut iss, opts);
-    let mut p = purse(
-        &mut iss,
-        &PurseOpts {
-            pin_threshold: u32::MAX,
-            ..PurseOpts::default()
-        },
-    );
-    load(&mut iss, &mut p, 10_000);
-    let lost = prepare_purchase(&mut t, &mut p, AMOUNT, T0).unwrap();
+    let (mut iss, mut t, mut p, sam_id) = chips();
+    let lost = abandoned_past_log(&mut t, &mut p);
     let seq = lost.msg.sam_txn;
-    for _ in 0..10 {
-        purchase(&mut t, &mut p, 1, None).unwrap();
-    }
     settle_entries(&mut t, &mut iss);
     let pending = entry(&mut t, seq).unwrap();
     let token = iss.ok(ins::WRITE_OFF, 0, 0, &write_off_data(sam_id, &pending));

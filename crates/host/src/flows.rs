@@ -863,20 +863,7 @@ where
             threshold: init.pin_threshold,
         });
     }
-    let areq = AuthorizePurchase {
-        purse_id: init.purse_id,
-        currency: init.currency,
-        balance: init.balance,
-        counter: init.counter,
-        card_challenge: init.card_challenge,
-        key_version: init.key_version,
-        pin_threshold: init.pin_threshold,
-        flags: init.flags,
-        card_auth: init.card_auth,
-        amount: req.amount,
-        terminal_id: req.terminal_id,
-        terminal_time: req.terminal_time,
-    };
+    let areq = AuthorizePurchase::new(&init, req.amount, req.terminal_id, req.terminal_time);
     let kind = ValueKind::Purchase;
     let auth = authorise(purse, sam, opts, kind, init.purse_id, |c| {
         c.authorize_purchase(&areq)

@@ -352,20 +352,7 @@ fn authorise_and_apply(
         return Ok(None);
     }
     let auth = SamClient::new(&mut w.terminal)
-        .authorize_purchase(&AuthorizePurchase {
-            purse_id: ip.purse_id,
-            currency: ip.currency,
-            balance: ip.balance,
-            counter: ip.counter,
-            card_challenge: ip.card_challenge,
-            key_version: ip.key_version,
-            pin_threshold: ip.pin_threshold,
-            flags: ip.flags,
-            card_auth: ip.card_auth,
-            amount,
-            terminal_id: TID,
-            terminal_time: T,
-        })
+        .authorize_purchase(&AuthorizePurchase::new(&ip, amount, TID, T))
         .unwrap();
     let receipt = PurseClient::new(&mut *purse)
         .purchase(&Purchase {

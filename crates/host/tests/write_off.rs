@@ -6,11 +6,10 @@ mod common;
 use common::{ISSUER, T, TERMINAL, pay, settle};
 
 use std::time::SystemTime;
-use tessera_host::clients::{PurseClient, SamClient};
+use tessera_host::clients::SamClient;
 use tessera_host::flows::kit::{self, PurseParams, World};
 use tessera_host::flows::reconcile;
 use tessera_host::flows::{self, FlowError, LoadRequest};
-use tessera_purse::wire::{AuthorizePurchase, InitPurchase};
 use tessera_sam::wire as sw_;
 
 const LOST: u32 = 333;
@@ -18,32 +17,7 @@ const LOST: u32 = 333;
 /// A purchase the terminal SAM authorised and the purse never applied (the card was
 /// pulled): returns its sequence number.
 fn abandoned_purchase(w: &mut World, amount: u32) -> u32 {
-    let begin = SamClient::new(&mut w.terminal).begin_purchase().unwrap();
-    let mut p = PurseClient::new(&mut w.purses[0]);
-    p.select().unwrap();
-    let ip = p
-        .init_purchase(&InitPurchase {
-            sam_id: begin.sam_id,
-            sam_challenge: begin.sam_challenge,
-        })
-        .unwrap();
-    let auth = SamClient::new(&mut w.terminal)
-        .authorize_purchase(&AuthorizePurchase {
-            purse_id: ip.purse_id,
-            currency: ip.currency,
-            balance: ip.balance,
-            counter: ip.counter,
-            card_challenge: ip.card_challenge,
-            key_version: ip.key_version,
-            pin_threshold: ip.pin_threshold,
-            flags: ip.flags,
-            card_auth: ip.card_auth,
-            amount,
-            terminal_id: [0, 0, 0, 7],
-            terminal_time: T,
-        })
-        .unwrap();
-    auth.sam_txn
+    kit::abandon_purchase(&mut w.purses[0], &mut w.terminal, amount, [0, 0, 0, 7], T).unwrap()
 }
 
 #[test]

@@ -484,20 +484,7 @@ pub fn prepare_purchase(
         pw::InitPurchaseResponse::decode(&purse.ok(pw::ins::INIT_PURCHASE, 0, 0, &init.encode()))
             .expect("ip");
     let terminal_id = [0x54, 0x45, 0x52, 0x31];
-    let req = pw::AuthorizePurchase {
-        purse_id: ip.purse_id,
-        currency: ip.currency,
-        balance: ip.balance,
-        counter: ip.counter,
-        card_challenge: ip.card_challenge,
-        key_version: ip.key_version,
-        pin_threshold: ip.pin_threshold,
-        flags: ip.flags,
-        card_auth: ip.card_auth,
-        amount,
-        terminal_id,
-        terminal_time: time,
-    };
+    let req = pw::AuthorizePurchase::new(&ip, amount, terminal_id, time);
     let r = sam.send(0x80, sw::ins::AUTHORIZE_PURCHASE, 0, 0, &req.encode());
     if r.sw != Sw::OK {
         return Err(r.sw);

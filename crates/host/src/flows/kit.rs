@@ -21,7 +21,7 @@ use tessera_crypto::rng::CardRng;
 use tessera_crypto::rsa::{RsaPrivateKey, RsaPublicKey};
 use tessera_crypto::x509::{self, CardCertificate, CardRole, CertificateParams, X509Error};
 use tessera_os::{Card, LoadFile, OsError, Privileges};
-use tessera_purse::wire::{PURSE_AID, PurseData, PurseInstall};
+use tessera_purse::wire::{AuthorizePurchase, InitPurchase, PURSE_AID, PurseData, PurseInstall};
 use tessera_sam::wire::{SAM_AID, SamData, SamInstall, role};
 use zeroize::Zeroizing;
 
@@ -506,6 +506,32 @@ impl WorldImages {
             terminal_pin: self.terminal_pin.clone(),
         })
     }
+}
+
+/// A purchase the SAM authorises and the purse never receives (the card was pulled after
+/// AUTHORIZE PURCHASE): BEGIN PURCHASE, SELECT and INIT PURCHASE, AUTHORIZE PURCHASE, and
+/// nothing more. `sam` is open. Leaves a PENDING journal entry; returns its sequence
+/// number. For tests and drills of the recovery and write-off paths.
+pub fn abandon_purchase<P, S>(
+    purse: &mut P,
+    sam: &mut S,
+    amount: u32,
+    terminal_id: [u8; 4],
+    terminal_time: u32,
+) -> Result<u32, ClientError>
+where
+    P: Transport + ?Sized,
+    S: Transport + ?Sized,
+{
+    let begin = SamClient::new(&mut *sam).begin_purchase()?;
+    let mut p = PurseClient::new(purse);
+    p.select()?;
+    let init = p.init_purchase(&InitPurchase {
+        sam_id: begin.sam_id,
+        sam_challenge: begin.sam_challenge,
+    })?;
+    let req = AuthorizePurchase::new(&init, amount, terminal_id, terminal_time);
+    Ok(SamClient::new(sam).authorize_purchase(&req)?.sam_txn)
 }
 
 /// A transport around an in-process card that records every command APDU and can cut the
