@@ -184,26 +184,35 @@ fn init_pin(scheme: &str) -> String {
     v["issuer_sam_pin"].as_str().unwrap().to_string()
 }
 
+/// In `d`: a scheme, a card (PIN 1234, plus `card_args`) loaded with `amount`, and a
+/// terminal SAM. Returns their paths (scheme directory, card, SAM).
+fn scheme_card_sam(d: &Path, card_args: &[&str], amount: u32) -> (String, String, String) {
+    let scheme = p(d, "scheme");
+    let card = p(d, "a.card");
+    let sam = p(d, "t.sam");
+    ok_json(&["scheme", "init", &scheme]);
+    let mut issue = vec![
+        "card", "issue", "--scheme", &scheme, "--out", &card, "--pin", "1234",
+    ];
+    issue.extend_from_slice(card_args);
+    ok_json(&issue);
+    ok_json(&[
+        "sam", "issue", "--scheme", &scheme, "--role", "terminal", "--out", &sam,
+    ]);
+    let amount = amount.to_string();
+    ok_json(&[
+        "load", "--scheme", &scheme, "--card", &card, "--amount", &amount,
+    ]);
+    (scheme, card, sam)
+}
+
 /// `sam write-off` reaches both SAMs and refuses, naming the reason, an entry that is
 /// not PENDING (a completed payment), before and after its settlement; the SAM's
 /// journal is unchanged.
 #[test]
 fn sam_write_off_refuses_an_entry_that_is_not_pending() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let scheme = p(d, "scheme");
-    let card = p(d, "a.card");
-    let sam = p(d, "t.sam");
-    ok_json(&["scheme", "init", &scheme]);
-    ok_json(&[
-        "card", "issue", "--scheme", &scheme, "--out", &card, "--pin", "1234",
-    ]);
-    ok_json(&[
-        "sam", "issue", "--scheme", &scheme, "--role", "terminal", "--out", &sam,
-    ]);
-    ok_json(&[
-        "load", "--scheme", &scheme, "--card", &card, "--amount", "1000",
-    ]);
+    let (scheme, card, sam) = scheme_card_sam(dir.path(), &[], 1000);
     ok_json(&["pay", "--sam", &sam, "--card", &card, "--amount", "100"]);
     let o = tessera(&[
         "sam",
@@ -269,29 +278,7 @@ fn abandoned_purchase(card: &str, sam: &str, amount: u32) -> u32 {
 #[test]
 fn sam_resolve_and_write_off_an_abandoned_purchase() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let scheme = p(d, "scheme");
-    let card = p(d, "a.card");
-    let sam = p(d, "t.sam");
-    ok_json(&["scheme", "init", &scheme]);
-    ok_json(&[
-        "card",
-        "issue",
-        "--scheme",
-        &scheme,
-        "--out",
-        &card,
-        "--pin",
-        "1234",
-        "--log-size",
-        "4",
-    ]);
-    ok_json(&[
-        "sam", "issue", "--scheme", &scheme, "--role", "terminal", "--out", &sam,
-    ]);
-    ok_json(&[
-        "load", "--scheme", &scheme, "--card", &card, "--amount", "1000",
-    ]);
+    let (scheme, card, sam) = scheme_card_sam(dir.path(), &["--log-size", "4"], 1000);
     let lost = abandoned_purchase(&card, &sam, 40);
     let voided = abandoned_purchase(&card, &sam, 50);
     let resolve = |seq: u32| {

@@ -28,6 +28,14 @@ fn settle_entries(sam: &mut Chip, iss: &mut Chip) -> Vec<w::JournalEntry> {
     }
 }
 
+/// Settle (see [`settle_entries`]); the (seq, status) of the entries settled.
+fn settled_statuses(sam: &mut Chip, iss: &mut Chip) -> Vec<(u32, u8)> {
+    settle_entries(sam, iss)
+        .iter()
+        .map(|e| (e.seq, e.status))
+        .collect()
+}
+
 /// The journal as it is now (EXPORT JOURNAL peek).
 fn peek(sam: &mut Chip) -> Vec<w::JournalEntry> {
     w::JournalBatch::decode(&sam.ok(ins::EXPORT_JOURNAL, 0, 1, &[]))
@@ -188,12 +196,8 @@ fn written_off_entry_is_settled_and_dropped() {
     assert_eq!(entry(&mut t, lost.seq).unwrap().status, status::WRITTEN_OFF);
 
     // The next settlement shows it WRITTEN_OFF: settled once, dropped from the journal.
-    let settled = settle_entries(&mut t, &mut iss);
     assert_eq!(
-        settled
-            .iter()
-            .map(|e| (e.seq, e.status))
-            .collect::<Vec<_>>(),
+        settled_statuses(&mut t, &mut iss),
         vec![(lost.seq, status::WRITTEN_OFF)]
     );
     let d = sam_data(&mut t);
@@ -444,12 +448,8 @@ fn an_applied_entry_whose_confirm_was_withheld_is_not_written_off() {
     assert!(st.applied);
     let r = resolve(&mut t, withheld.purse_id, seq, pw::usage::DEBIT, st);
     assert_eq!((r.sw, r.data), (Sw::OK, vec![status::CONFIRMED]));
-    let settled = settle_entries(&mut t, &mut iss);
     assert_eq!(
-        settled
-            .iter()
-            .map(|e| (e.seq, e.status))
-            .collect::<Vec<_>>(),
+        settled_statuses(&mut t, &mut iss),
         vec![(seq, status::CONFIRMED)]
     );
     let s = statement(&mut iss, sam_id);
