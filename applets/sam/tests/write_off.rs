@@ -141,6 +141,8 @@ fn written_off_entry_is_settled_and_dropped() {
         lost,
     } = setup();
     let before = statement(&mut iss, sam_id);
+    // The terminal SAM's records now: among them the entry and its unresolvable mark.
+    let records = t.card.memory().records;
     let raw = iss.ok(ins::WRITE_OFF, 0, 0, &write_off_data(sam_id, &lost));
     assert_eq!(raw.len(), 32);
     let token = w::WriteOff::decode(&raw).unwrap();
@@ -202,6 +204,11 @@ fn written_off_entry_is_settled_and_dropped() {
     );
     let d = sam_data(&mut t);
     assert_eq!((d.journal_count, d.pending_count), (0, 0));
+    assert_eq!(
+        t.card.memory().records,
+        records - 2,
+        "the settlement dropped the entry and its mark"
+    );
     let after = statement(&mut iss, sam_id);
     assert_eq!(
         (
@@ -553,6 +560,11 @@ fn tearing_the_unresolvable_mark() {
                 assert!(t.card.store_consistent());
                 assert_eq!(entry(&mut t, seq).unwrap().status, status::PENDING);
                 assert_eq!(sam_data(&mut t), before);
+                // A torn RESOLVE left no mark: the write-off is still refused.
+                assert_eq!(
+                    t.sw(ins::APPLY_WRITE_OFF, 0, 0, &token),
+                    Sw::CONDITIONS_NOT_SATISFIED
+                );
                 k += 1;
             }
             Ok(r) => {

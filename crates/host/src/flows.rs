@@ -470,7 +470,20 @@ where
         };
         match SamClient::new(&mut *sam).resolve(&resolve) {
             Ok(s) if s == sw_::status::PENDING => return Err(FlowError::Unresolvable(sam_txn)),
-            Ok(_) => return Ok(status.applied.then_some(status.record)),
+            Ok(s) if s == sw_::status::CONFIRMED && status.applied => {
+                return Ok(Some(status.record));
+            }
+            Ok(s) if s == sw_::status::VOID && !status.applied => return Ok(None),
+            Ok(s) => {
+                return Err(FlowError::Recovery(format!(
+                    "RESOLVE answered status {s:02X} for a purse status saying {}",
+                    if status.applied {
+                        "applied"
+                    } else {
+                        "not applied"
+                    }
+                )));
+            }
             Err(e) if e.is_no_response() => {
                 last = Some(("RESOLVE", e));
                 reopen_after_loss(sam, opts, "RESOLVE")?;
@@ -1223,7 +1236,13 @@ where
     SamClient::new(&mut *terminal_sam)
         .apply_write_off(&token)
         .map_err(|e| match e.sw() {
-            Some(Sw::CONDITIONS_NOT_SATISFIED) => FlowError::ResolveFirst(seq),
+            // 6985: not marked unresolvable, or no longer the PENDING entry the token was
+            // made for (settled in between): say which.
+            Some(Sw::CONDITIONS_NOT_SATISFIED) => match find_pending(terminal_sam, seq) {
+                Ok(now) if now == entry => FlowError::ResolveFirst(seq),
+                Ok(_) | Err(FlowError::NoPendingEntry(_)) => FlowError::NoPendingEntry(seq),
+                Err(other) => other,
+            },
             _ => sam_err("APPLY WRITE OFF", e),
         })?;
     Ok(entry)
