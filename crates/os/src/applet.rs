@@ -3,6 +3,7 @@
 use crate::store::{ImmediateError, Store, StoreError};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use tessera_apdu::{Command, Sw};
 use tessera_crypto::rng::CardRng;
 
@@ -273,7 +274,16 @@ impl Context<'_> {
             .unwrap_or(false)
     }
 
-    /// Ask the OS to lock the card after this command (needs the card-lock privilege).
+    /// The privileges this instance was installed with.
+    pub fn privileges(&self) -> Privileges {
+        self.instances
+            .get(self.me)
+            .map(|s| s.record.privileges)
+            .unwrap_or_default()
+    }
+
+    /// Ask the OS to lock the card after this command (needs the card-lock privilege; the
+    /// card must be SECURED, else the command is refused with 6985).
     pub fn lock_card(&mut self) -> Result<(), Sw> {
         let allowed = self
             .instances
@@ -328,12 +338,18 @@ impl Context<'_> {
                 requests: &mut *self.requests,
                 spare: BTreeMap::new(),
             };
-            applet.service(&mut sub, &caller, request)
+            catch_unwind(AssertUnwindSafe(|| {
+                applet.service(&mut sub, &caller, request)
+            }))
         };
+        // The callee goes back into its slot whatever happened, so that a panic in it
+        // does not remove the instance; the panic then goes on to the command's own
+        // handler, which rolls the whole command back (callee writes included) and
+        // answers 6F00.
         if let Some(slot) = self.instances.get_mut(target) {
             slot.applet = Some(applet);
         }
-        result
+        result.unwrap_or_else(|panic| resume_unwind(panic))
     }
 }
 

@@ -1057,10 +1057,21 @@ impl Card {
                     self.store.rollback();
                     return Ok(Err(Sw::wrong_le(data.len())));
                 }
+                // An applet's request follows the card life cycle like
+                // [`Card::set_life_cycle`]: CARD_LOCKED only from SECURED (already locked:
+                // nothing to do); from another state the command is refused (6985) and
+                // rolled back.
                 let new_life = if requests.terminate_card {
                     Some(CardState::Terminated)
-                } else if requests.lock_card && self.life != CardState::Terminated {
-                    Some(CardState::CardLocked)
+                } else if requests.lock_card {
+                    match self.life {
+                        CardState::Secured => Some(CardState::CardLocked),
+                        CardState::CardLocked => None,
+                        _ => {
+                            self.store.rollback();
+                            return Ok(Err(Sw::CONDITIONS_NOT_SATISFIED));
+                        }
+                    }
                 } else {
                     None
                 };

@@ -49,8 +49,27 @@ impl Applet for Probe {
             0x01 => Ok(ctx.get(b"params").unwrap_or_default()),
             0x02 => ctx.lock_card().map(|_| Vec::new()),
             0x03 => ctx.terminate_card().map(|_| Vec::new()),
+            // Write, then call the service of the instance named by the data; the answer
+            // is the callee's.
+            0x04 => {
+                ctx.put(b"called", b"yes")?;
+                ctx.call_service(&cmd.data, b"panic")
+            }
+            0x05 => Ok(ctx.get(b"called").unwrap_or_default()),
             _ => Err(Sw::INS_NOT_SUPPORTED),
         }
+    }
+    fn service(
+        &mut self,
+        ctx: &mut Context<'_>,
+        _caller: &[u8],
+        request: &[u8],
+    ) -> Result<Vec<u8>, Sw> {
+        ctx.put(b"called", b"callee")?;
+        if request == b"panic" {
+            panic!("callee fails mid-service");
+        }
+        Ok(b"pong".to_vec())
     }
 }
 
@@ -280,6 +299,39 @@ fn applets_lock_and_terminate_with_privilege_only() {
     assert_eq!(select(&mut card, 0, &h("F050524204")), Sw::OK);
     assert_eq!(tx(&mut card, "80030000").sw, Sw::OK);
     assert_eq!(card.life_cycle(), CardState::Terminated);
+}
+
+#[test]
+fn an_applet_locks_the_card_only_from_secured() {
+    let mut card = probe_card(Interface::Contact);
+    assert_eq!(card.life_cycle(), CardState::OpReady);
+    assert_eq!(select(&mut card, 0, &h("F050524204")), Sw::OK);
+    assert_eq!(tx(&mut card, "80020000").sw, Sw::CONDITIONS_NOT_SATISFIED);
+    assert_eq!(card.life_cycle(), CardState::OpReady);
+    card.set_life_cycle(CardState::Initialized).unwrap();
+    assert_eq!(tx(&mut card, "80020000").sw, Sw::CONDITIONS_NOT_SATISFIED);
+    assert_eq!(card.life_cycle(), CardState::Initialized);
+    // SECURED -> CARD_LOCKED, and OP_READY can no longer be reached from there.
+    card.set_life_cycle(CardState::Secured).unwrap();
+    assert_eq!(tx(&mut card, "80020000").sw, Sw::OK);
+    assert_eq!(card.life_cycle(), CardState::CardLocked);
+    assert!(card.set_life_cycle(CardState::OpReady).is_err());
+}
+
+#[test]
+fn a_panic_in_a_service_rolls_back_and_keeps_the_callee() {
+    let mut card = probe_card(Interface::Contact);
+    let before = card.memory().used;
+    assert_eq!(select(&mut card, 0, &h("F050524201")), Sw::OK);
+    // 80 04: the caller writes, the callee writes then panics.
+    assert_eq!(tx(&mut card, "8004000005F050524202").sw, Sw::UNKNOWN);
+    // Nothing of either write stays, and the callee is still installed and works.
+    assert_eq!(tx(&mut card, "8005000000").data, b"");
+    assert_eq!(card.memory().used, before);
+    assert!(card.missing_load_files().is_empty());
+    assert_eq!(select(&mut card, 0, &h("F050524202")), Sw::OK);
+    assert_eq!(tx(&mut card, "8001000000").data, b"two");
+    assert_eq!(tx(&mut card, "8005000000").data, b"");
 }
 
 #[test]
