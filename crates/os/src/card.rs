@@ -700,19 +700,26 @@ impl Card {
     }
 
     /// Whether instance `idx` may be selected on channel `ch`: 6A82 when it is not
-    /// SELECTABLE (or its code is missing), 6985 when it is not multi-selectable and is
-    /// already selected on another channel.
+    /// SELECTABLE (or its code is missing), 6985 when its load file is not
+    /// multi-selectable and an instance of that load file (this one or another, as Java
+    /// Card rules for a package) is already selected on another channel.
     fn selectable_on(&self, idx: usize, ch: usize) -> Result<(), Sw> {
         let slot = self.instances.get(idx).ok_or(Sw::FILE_NOT_FOUND)?;
         if slot.record.state != AppState::Selectable || slot.applet.is_none() {
             return Err(Sw::FILE_NOT_FOUND);
         }
         if !self.multi_selectable(idx) {
-            let elsewhere = self
-                .channels
-                .iter()
-                .enumerate()
-                .any(|(i, c)| i != ch && c.as_ref().is_some_and(|c| c.selected == Some(idx)));
+            let same_load_file = |j: usize| {
+                self.instances
+                    .get(j)
+                    .is_some_and(|o| o.record.load_file == slot.record.load_file)
+            };
+            let elsewhere = self.channels.iter().enumerate().any(|(i, c)| {
+                i != ch
+                    && c.as_ref()
+                        .and_then(|c| c.selected)
+                        .is_some_and(same_load_file)
+            });
             if elsewhere {
                 return Err(Sw::CONDITIONS_NOT_SATISFIED);
             }

@@ -70,15 +70,25 @@ pub struct Nvm {
     log: Vec<u8>,
     budget: Option<u64>,
     written: u64,
+    /// Where the valid log ended when a write was torn: the torn bytes after it are
+    /// garbage, overwritten by the next write (or dropped at power-up), never followed.
+    torn_at: Option<usize>,
 }
 
 impl Nvm {
     /// Append bytes; on a cut only the prefix that fits the budget is written.
     fn append(&mut self, bytes: &[u8]) -> Result<(), Torn> {
+        // A write after a tear (with no power-up between, e.g. an administrative install
+        // on the powered-off card) goes where the valid log ends: appending after the
+        // torn bytes would put it beyond what a replay reads.
+        if let Some(at) = self.torn_at.take() {
+            self.log.truncate(at);
+        }
         if let Some(budget) = self.budget {
             let n = bytes.len() as u64;
             if budget < n {
                 let keep = usize::try_from(budget).unwrap_or(0).min(bytes.len());
+                self.torn_at = Some(self.log.len());
                 self.log.extend_from_slice(bytes.get(..keep).unwrap_or(&[]));
                 self.written += keep as u64;
                 self.budget = Some(0);
@@ -254,6 +264,7 @@ impl Store {
     pub fn power_up(&mut self) {
         let (map, valid) = replay(&self.nvm.log);
         self.nvm.log.truncate(valid);
+        self.nvm.torn_at = None;
         self.committed = map;
         self.pending.clear();
         self.pending_delta = 0;

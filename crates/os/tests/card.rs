@@ -56,6 +56,7 @@ impl Applet for Probe {
                 ctx.call_service(&cmd.data, b"panic")
             }
             0x05 => Ok(ctx.get(b"called").unwrap_or_default()),
+            0x06 => ctx.put(b"data", &cmd.data).map(|_| Vec::new()),
             _ => Err(Sw::INS_NOT_SUPPORTED),
         }
     }
@@ -174,7 +175,19 @@ fn select_reports_interface_and_channel_in_fci() {
             format!("6F0B8405F050524201A502{byte:02X}00")
         );
         assert_eq!(tx(&mut card, "0070000001").data, vec![1]);
+        // Another instance of the same load file (not multi-selectable) on channel 1 while
+        // channel 0 holds one: refused, as Java Card refuses a second applet of a package
+        // that is not multiselectable.
+        assert_eq!(
+            tx(&mut card, "01A4040005F05052420200").sw,
+            Sw::CONDITIONS_NOT_SATISFIED
+        );
+        // Channel 0 leaves the probe type: then channel 1 may select it.
+        assert_eq!(tx(&mut card, "0070800100").sw, Sw::OK);
+        assert_eq!(select(&mut card, 0, &INSTANCE_AID), Sw::OK);
+        assert_eq!(tx(&mut card, "0070000001").data, vec![1]);
         let r = tx(&mut card, "01A4040005F05052420200");
+        assert_eq!(r.sw, Sw::OK);
         assert!(hex::encode_upper(&r.data).ends_with(&format!("A502{byte:02X}01")));
     }
 }
@@ -299,6 +312,31 @@ fn applets_lock_and_terminate_with_privilege_only() {
     assert_eq!(select(&mut card, 0, &h("F050524204")), Sw::OK);
     assert_eq!(tx(&mut card, "80030000").sw, Sw::OK);
     assert_eq!(card.life_cycle(), CardState::Terminated);
+}
+
+/// A tear leaves garbage after the valid log; an install on the powered-off card before
+/// the next power-up must land where a replay reads it, not after the garbage.
+#[test]
+fn an_install_after_a_tear_before_power_up_is_kept() {
+    let mut card = probe_card(Interface::Contact);
+    assert_eq!(select(&mut card, 0, &h("F050524201")), Sw::OK);
+    card.arm_tear(TearPlan {
+        after_bytes: Some(5),
+        after_commit: false,
+    });
+    // INS 06 writes; the tear cuts its batch after 5 bytes.
+    assert!(matches!(
+        card.transmit_hex("8006000003AABBCC"),
+        Err(CardError::PowerLost)
+    ));
+    let before = card.instances().len();
+    card.install("probe", &h("F050524209"), Privileges::default(), b"late")
+        .unwrap();
+    card.power_on();
+    assert_eq!(card.instances().len(), before + 1);
+    assert_eq!(select(&mut card, 0, &h("F050524209")), Sw::OK);
+    assert_eq!(tx(&mut card, "8001000000").data, b"late");
+    assert!(card.store_consistent());
 }
 
 #[test]
