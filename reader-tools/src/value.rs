@@ -525,7 +525,7 @@ impl Scheme {
             .unwrap_or(&self.issuer_sam_pin)
             .as_bytes()
             .to_vec();
-        flows::open_sam(t.transport(), &pin)
+        unlock_sam(&mut t, "issuer SAM", &pin)
             .map_err(|e| format!("issuer SAM {}: {e}", path.display()))?;
         Ok((t, pin))
     }
@@ -862,7 +862,7 @@ fn load(a: &LoadArgs) -> CliResult<Out> {
             .unwrap_or(&scheme.issuer_sam_pin)
             .as_bytes()
             .to_vec();
-        flows::open_sam(t.transport(), &pin)
+        unlock_sam(&mut t, "issuer SAM", &pin)
             .map_err(|e| format!("issuer SAM ({}): {e}", t.describe()))?;
         (t, pin)
     };
@@ -872,12 +872,21 @@ fn load(a: &LoadArgs) -> CliResult<Out> {
         amount: a.amount,
         terminal_time: now(),
     };
-    let result = flows::load_with(card.transport(), issuer.transport(), req, &opts);
-    // Whatever happened, both chips' memory changed as a real chip's would: save both.
-    // The payer first (for a load: the issuer's journal), then the payee.
-    let saved = save_target(&mut issuer, "issuer SAM").and_then(|_| save_target(&mut card, "card"));
+    // Each chip image is saved after every command it answers, as a chip commits each
+    // one: a crash mid-flow leaves the images as two chips would be.
+    let result = flows::load_with(
+        &mut Durable {
+            t: &mut card,
+            what: "card",
+        },
+        &mut Durable {
+            t: &mut issuer,
+            what: "issuer SAM",
+        },
+        req,
+        &opts,
+    );
     let r = result.map_err(|e| flow_err("load", e))?;
-    saved?;
     Ok(Out {
         text: format!(
             "loaded {} into purse {}: balance {} -> {} (counter {}, SAM {} txn {}{}{})\n",
@@ -909,7 +918,7 @@ fn pay(a: &PayArgs) -> CliResult<Out> {
         .sam_pin
         .clone()
         .unwrap_or_else(|| String::from_utf8_lossy(kit::DEFAULT_SAM_PIN).into_owned());
-    let data = flows::open_sam(sam.transport(), sam_pin.as_bytes())
+    let data = unlock_sam(&mut sam, "terminal SAM", sam_pin.as_bytes())
         .map_err(|e| format!("terminal SAM: {e}"))?;
     if data.role != sw_::role::TERMINAL {
         return Err("the SAM given with --sam is not a terminal SAM".into());
@@ -928,11 +937,20 @@ fn pay(a: &PayArgs) -> CliResult<Out> {
         terminal_time: now(),
         pin: a.pin.as_ref().map(|p| p.as_bytes().to_vec()),
     };
-    let result = flows::pay_with(card.transport(), sam.transport(), &req, &opts);
-    // The payer (the card) first, then the terminal SAM's journal.
-    let saved = save_target(&mut card, "card").and_then(|_| save_target(&mut sam, "terminal SAM"));
+    // Each chip image is saved after every command it answers (see `load`).
+    let result = flows::pay_with(
+        &mut Durable {
+            t: &mut card,
+            what: "card",
+        },
+        &mut Durable {
+            t: &mut sam,
+            what: "terminal SAM",
+        },
+        &req,
+        &opts,
+    );
     let r = result.map_err(|e| flow_err("payment", e))?;
-    saved?;
     Ok(Out {
         text: format!(
             "paid {} from purse {} at terminal {}: balance {} -> {} (counter {}, SAM txn {}{}{})\n",
@@ -1184,7 +1202,7 @@ fn sam_journal(a: &SamJournalArgs) -> CliResult<Out> {
         .sam_pin
         .clone()
         .unwrap_or_else(|| String::from_utf8_lossy(kit::DEFAULT_SAM_PIN).into_owned());
-    flows::open_sam(sam.transport(), pin.as_bytes()).map_err(|e| format!("SAM: {e}"))?;
+    unlock_sam(&mut sam, "SAM", pin.as_bytes()).map_err(|e| format!("SAM: {e}"))?;
     // `--export` writes the MACed batch (the one awaiting settlement); otherwise a peek
     // at the journal as it is now, which records nothing in the SAM.
     let batch = if a.export.is_some() {
@@ -1307,16 +1325,24 @@ fn sam_resolve(a: &SamResolveArgs) -> CliResult<Out> {
         .sam_pin
         .clone()
         .unwrap_or_else(|| String::from_utf8_lossy(kit::DEFAULT_SAM_PIN).into_owned());
-    let d =
-        flows::open_sam(sam.transport(), sam_pin.as_bytes()).map_err(|e| format!("SAM: {e}"))?;
+    let d = unlock_sam(&mut sam, "SAM", sam_pin.as_bytes()).map_err(|e| format!("SAM: {e}"))?;
     let mut card = a.card.open()?;
     let opts = FlowOptions {
         sam_pin: Some(sam_pin.into_bytes()),
     };
-    let result = flows::resolve_entry(card.transport(), sam.transport(), &opts, a.seq);
-    let saved = save_target(&mut card, "card").and_then(|_| save_target(&mut sam, "SAM"));
+    let result = flows::resolve_entry(
+        &mut Durable {
+            t: &mut card,
+            what: "card",
+        },
+        &mut Durable {
+            t: &mut sam,
+            what: "SAM",
+        },
+        &opts,
+        a.seq,
+    );
     let (entry, resolution) = result.map_err(|e| flow_err("resolve", e))?;
-    saved?;
     let (name, outcome) = match &resolution {
         flows::Resolution::Applied(r) => (
             "confirmed",
@@ -1358,7 +1384,7 @@ fn sam_write_off(a: &SamWriteOffArgs) -> CliResult<Out> {
         .sam_pin
         .clone()
         .unwrap_or_else(|| String::from_utf8_lossy(kit::DEFAULT_SAM_PIN).into_owned());
-    let d = flows::open_sam(sam.transport(), pin.as_bytes()).map_err(|e| format!("SAM: {e}"))?;
+    let d = unlock_sam(&mut sam, "SAM", pin.as_bytes()).map_err(|e| format!("SAM: {e}"))?;
     let entry = with_issuer(&mut sam, &scheme, dir, a.issuer_pin.as_deref(), |t, i| {
         flows::write_off(t, i, a.seq)
     })?
@@ -1551,7 +1577,17 @@ fn sam_reconcile(a: &SamReconcileArgs) -> CliResult<Out> {
     })
 }
 
-/// A SAM whose every command is durable at once, as on a chip: an image is saved after
+/// Select and unlock a SAM (`flows::open_sam`), its image saved after each command: a
+/// wrong PIN's try counter, decremented on the chip before the comparison, is kept.
+fn unlock_sam(
+    t: &mut Target,
+    what: &'static str,
+    pin: &[u8],
+) -> Result<tessera_sam::wire::SamData, FlowError> {
+    flows::open_sam(&mut Durable { t, what }, pin)
+}
+
+/// A chip whose every command is durable at once, as on a chip: an image is saved after
 /// each command (a reader needs nothing).
 struct Durable<'a> {
     t: &'a mut Target,

@@ -346,3 +346,42 @@ fn sam_resolve_and_write_off_an_abandoned_purchase() {
         1000 - 60
     );
 }
+
+/// A wrong SAM PIN is counted in the SAM image as on a chip (the try counter is durable
+/// before the comparison): each run sees one try less, the fifth blocks the SAM, and the
+/// right PIN no longer opens it. The card is untouched throughout.
+#[test]
+fn a_wrong_sam_pin_is_counted_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_scheme, card, sam) = scheme_card_sam(dir.path(), &[], 1000);
+    let pay = |pin: &str| {
+        tessera(&[
+            "pay",
+            "--sam",
+            &sam,
+            "--card",
+            &card,
+            "--amount",
+            "10",
+            "--sam-pin",
+            pin,
+        ])
+    };
+    for left in [4, 3, 2, 1, 0] {
+        let o = pay("9999");
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("wrong PIN ({left} tries left)")),
+            "{err}"
+        );
+    }
+    let o = pay("0000");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("PIN blocked"), "{err}");
+    assert_eq!(
+        ok_json(&["purse", "show", "--card", &card])["balance"],
+        1000
+    );
+}
