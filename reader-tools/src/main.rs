@@ -57,6 +57,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
@@ -88,4 +89,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Output piped into a reader that stops early (`tessera ... | head`): Rust ignores
+/// SIGPIPE, so `println!` panics on the broken pipe. Exit quietly instead, with the status
+/// a shell gives a process killed by SIGPIPE (128 + 13); every other panic is reported as
+/// usual.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

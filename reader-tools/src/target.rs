@@ -52,6 +52,12 @@ impl Target {
                 "no card: give --card FILE (a card image) or --reader NAME (a PC/SC reader)".into(),
             ),
             (Some(path), None) => {
+                // No lock file for an image that does not exist (bad input changes nothing).
+                if !path.exists() {
+                    return Err(
+                        format!("cannot open card image {}: no such file", path.display()).into(),
+                    );
+                }
                 // Lock before reading, so that the card in memory is the latest save.
                 let lock = tessera_os::ImageLock::acquire(path)?;
                 let mut card = tessera_os::Card::open_image(path, crate::applets::load_files())

@@ -62,12 +62,18 @@ pub enum SchemeCmd {
 pub struct SchemeInitArgs {
     /// Scheme directory (created; must not hold a scheme yet).
     pub dir: PathBuf,
-    /// ISO 4217 numeric currency code.
+    /// ISO 4217 numeric currency code (1-999).
     #[arg(long, default_value_t = 978)]
     pub currency: u16,
     /// Unlock PIN of the issuer SAM (default: random, stored in scheme.json).
     #[arg(long)]
     pub sam_pin: Option<String>,
+    /// The issuer SAM's ceiling per load, in minor units (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub max_per_load: u32,
+    /// The issuer SAM's ceiling of loads per day, in minor units (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub max_per_day: u32,
 }
 
 #[derive(clap::Subcommand)]
@@ -95,8 +101,8 @@ pub struct CardIssueArgs {
     /// Payments above this need the PIN (default: 2000 with a PIN, never without).
     #[arg(long)]
     pub pin_threshold: Option<u32>,
-    /// Number of log records the purse keeps.
-    #[arg(long, default_value_t = 16)]
+    /// Number of log records the purse keeps (1-255).
+    #[arg(long, default_value_t = 32)]
     pub log_size: u8,
     /// Issuer SAM unlock PIN (default: the one in scheme.json).
     #[arg(long)]
@@ -549,6 +555,13 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
     use tessera_crypto::x509;
 
     let dir = &a.dir;
+    if !(1..=999).contains(&a.currency) {
+        return Err(format!(
+            "--currency {}: an ISO 4217 numeric code is 001 to 999",
+            a.currency
+        )
+        .into());
+    }
     if dir.join(SCHEME_FILE).exists() {
         return Err(format!(
             "{} already holds a scheme ({SCHEME_FILE} exists)",
@@ -602,6 +615,8 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
             role: sw_::role::ISSUER,
             pin: pin.as_bytes().to_vec(),
             journal_capacity: 1000,
+            max_per_load: a.max_per_load,
+            max_per_day: a.max_per_day,
             ..Default::default()
         },
         manufacturer.cert_der(),
@@ -691,7 +706,7 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
 
 /// Claim the output image of an issue command: refuse an existing file without `--force`,
 /// and lock the path (an image being served or used by a flow is never replaced).
-fn claim_out(path: &Path, force: bool) -> CliResult<tessera_os::ImageLock> {
+fn claim_out(path: &Path, force: bool) -> CliResult<OutClaim> {
     if path.exists() && !force {
         return Err(format!(
             "{} exists; refusing to overwrite it (use --force)",
@@ -699,7 +714,26 @@ fn claim_out(path: &Path, force: bool) -> CliResult<tessera_os::ImageLock> {
         )
         .into());
     }
-    Ok(tessera_os::ImageLock::acquire(path)?)
+    Ok(OutClaim {
+        _lock: tessera_os::ImageLock::acquire(path)?,
+        image: path.to_path_buf(),
+    })
+}
+
+/// The lock on the `--out` image of an issue command. Should the command fail before the
+/// image exists, the lock file goes too (removed while still locked), so a refused command
+/// leaves nothing behind.
+struct OutClaim {
+    _lock: tessera_os::ImageLock,
+    image: PathBuf,
+}
+
+impl Drop for OutClaim {
+    fn drop(&mut self) {
+        if !self.image.exists() {
+            let _ = std::fs::remove_file(tessera_os::ImageLock::lock_path(&self.image));
+        }
+    }
 }
 
 fn save_target(t: &mut Target, what: &str) -> CliResult {
@@ -707,6 +741,12 @@ fn save_target(t: &mut Target, what: &str) -> CliResult {
 }
 
 fn card_issue(a: &CardIssueArgs) -> CliResult<Out> {
+    if a.log_size == 0 {
+        return Err("--log-size must be 1 to 255".into());
+    }
+    if a.max_balance == 0 {
+        return Err("--max-balance must be greater than zero".into());
+    }
     let _out_lock = claim_out(&a.out, a.force)?;
     let mut scheme = Scheme::load(&a.scheme)?;
     let card_id = match &a.card_id {
@@ -724,9 +764,6 @@ fn card_issue(a: &CardIssueArgs) -> CliResult<Out> {
             v
         }
     };
-    if a.log_size == 0 {
-        return Err("--log-size must be 1 to 255".into());
-    }
     let pin = a.pin.clone().unwrap_or_default();
     if pin.len() > 16 {
         return Err("--pin: at most 16 digits".into());
@@ -1706,6 +1743,8 @@ fn demo(a: &DemoArgs, g: Global) -> CliResult {
             dir: scheme_dir.clone(),
             currency: 978,
             sam_pin: None,
+            max_per_load: 0,
+            max_per_day: 0,
         }),
     )?;
     let issue = |out: &Path, pin: Option<&str>| CardIssueArgs {
@@ -1715,7 +1754,7 @@ fn demo(a: &DemoArgs, g: Global) -> CliResult {
         card_id: None,
         max_balance: 100_000,
         pin_threshold: None,
-        log_size: 16,
+        log_size: 32,
         sam_pin: None,
         force: false,
     };

@@ -385,3 +385,73 @@ fn a_wrong_sam_pin_is_counted_across_runs() {
         1000
     );
 }
+
+/// Output piped into a reader that stops early: the tool exits quietly with the SIGPIPE
+/// status (141) instead of panicking.
+#[test]
+fn a_closed_stdout_ends_the_tool_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["scheme", "init", &p(dir.path(), "s")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the tool writes (it generates RSA keys first).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Refused commands leave no file behind: no lock file for a card image that does not
+/// exist or an issue that fails, no scheme directory for a bad currency.
+#[test]
+fn refused_commands_leave_no_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = tessera(&["scheme", "init", &p(d, "bad"), "--currency", "5000"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("001 to 999"));
+    assert!(!d.join("bad").exists());
+    let scheme = p(d, "scheme");
+    ok_json(&["scheme", "init", &scheme]);
+    let o = tessera(&[
+        "load",
+        "--scheme",
+        &scheme,
+        "--card",
+        &p(d, "missing.card"),
+        "--amount",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no such file"));
+    let o = tessera(&[
+        "card",
+        "issue",
+        "--scheme",
+        &p(d, "no-scheme"),
+        "--out",
+        &p(d, "x.card"),
+    ]);
+    assert!(!o.status.success());
+    let o = tessera(&[
+        "card",
+        "issue",
+        "--scheme",
+        &scheme,
+        "--out",
+        &p(d, "y.card"),
+        "--max-balance",
+        "0",
+    ]);
+    assert!(!o.status.success());
+    let mut left: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["scheme".to_string()]);
+}

@@ -222,7 +222,7 @@ impl Default for PurseParams {
             card_id: vec![0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01],
             currency: 978,
             max_balance: 100_000,
-            log_capacity: 16,
+            log_capacity: 32,
             counter_limit: u32::MAX,
             pin_threshold: u32::MAX,
             pin_try_limit: 3,
