@@ -1289,6 +1289,22 @@ fn store_err(e: crate::store::StoreError) -> OsError {
     OsError::NotEnoughMemory
 }
 
+/// The command as traced: in hex, except the data of the ISO PIN commands (VERIFY 20 / 21,
+/// CHANGE REFERENCE DATA 24, RESET RETRY COUNTER 2C), which is replaced by its length so
+/// that a trace never shows a PIN.
+fn trace_command(apdu: &[u8], ins: u8) -> String {
+    if matches!(ins, 0x20 | 0x21 | 0x24 | 0x2C) && apdu.len() > 5 {
+        let shown = apdu.get(..5).unwrap_or(apdu);
+        format!(
+            "{}<{} bytes hidden>",
+            hex::encode_upper(shown),
+            apdu.len() - shown.len()
+        )
+    } else {
+        hex::encode_upper(apdu)
+    }
+}
+
 /// One DEBUG event per exchange on target `tessera::apdu`: the decoded header (CLA, INS,
 /// P1, P2, logical channel), the command and response in hex, and the status word with
 /// its meaning. Callers check `tracing::enabled!` first.
@@ -1298,6 +1314,7 @@ fn trace_exchange(apdu: &[u8], result: &Result<Response, CardError>) {
         _ => (0, 0, 0, 0),
     };
     let channel = ClassByte::decode(cla).ok().map(|c| c.channel);
+    let command = trace_command(apdu, ins);
     match result {
         Ok(r) => tracing::debug!(
             target: "tessera::apdu",
@@ -1306,7 +1323,7 @@ fn trace_exchange(apdu: &[u8], result: &Result<Response, CardError>) {
             p1 = %format_args!("{p1:02X}"),
             p2 = %format_args!("{p2:02X}"),
             channel = ?channel,
-            command = %hex::encode_upper(apdu),
+            command = %command,
             response = %hex::encode_upper(&r.data),
             sw = %r.sw,
             meaning = r.sw.description(),
@@ -1319,7 +1336,7 @@ fn trace_exchange(apdu: &[u8], result: &Result<Response, CardError>) {
             p1 = %format_args!("{p1:02X}"),
             p2 = %format_args!("{p2:02X}"),
             channel = ?channel,
-            command = %hex::encode_upper(apdu),
+            command = %command,
             error = %e,
             "apdu"
         ),

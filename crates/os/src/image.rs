@@ -45,6 +45,8 @@ pub enum ImageError {
     NotAnImage,
     #[error("card image format version {0} is not supported (this build reads version {VERSION})")]
     UnsupportedVersion(u16),
+    #[error("card image flags {0:04X} are not supported (this build knows none)")]
+    UnsupportedFlags(u16),
     #[error("card image is damaged: {0}")]
     Damaged(&'static str),
     #[error("card image checksum mismatch: the file is damaged")]
@@ -141,7 +143,14 @@ fn parse_frame(bytes: &[u8]) -> Result<(CardProfile, Store), ImageError> {
     if crc32fast::hash(body) != crc {
         return Err(ImageError::Checksum);
     }
-    let _flags = field(body, &mut at, 2)?;
+    let flags = field(body, &mut at, 2)?;
+    // No flag is defined in version 1: a set one means a writer this build does not know
+    // (its image may not mean what this reader would make of it).
+    if flags != [0, 0] {
+        return Err(ImageError::UnsupportedFlags(u16::from_be_bytes(
+            flags.try_into().map_err(|_| ImageError::Damaged("flags"))?,
+        )));
+    }
     let plen = u32::from_be_bytes(
         field(body, &mut at, 4)?
             .try_into()

@@ -99,6 +99,13 @@ fn structural_damage_with_a_valid_checksum_is_refused() {
         Card::from_image_bytes(&with_crc(v2), lfs()),
         Err(ImageError::UnsupportedVersion(2))
     ));
+    // A flag this build does not know.
+    let mut flagged = body.clone();
+    flagged[10..12].copy_from_slice(&0x0001u16.to_be_bytes());
+    assert!(matches!(
+        Card::from_image_bytes(&with_crc(flagged), lfs()),
+        Err(ImageError::UnsupportedFlags(1))
+    ));
     // Trailing bytes.
     let mut trailing = body.clone();
     trailing.push(0);

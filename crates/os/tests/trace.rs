@@ -64,13 +64,15 @@ fn every_exchange_is_traced_with_header_and_sw() {
         tx(&mut card, "8012000A");
         tx(&mut card, "00C000000A");
         tx(&mut card, "FF");
+        // VERIFY with a PIN (diag's PIN is 1234; 9999 is wrong): the trace hides it.
+        tx(&mut card, "002000000439393939");
     });
     let events = events.lock().unwrap();
     let apdus: Vec<_> = events
         .iter()
         .filter(|f| f.iter().any(|(k, v)| k == "message" && v == "apdu"))
         .collect();
-    assert_eq!(apdus.len(), 4);
+    assert_eq!(apdus.len(), 5);
     let get = |i: usize, key: &str| {
         apdus[i]
             .iter()
@@ -85,4 +87,7 @@ fn every_exchange_is_traced_with_header_and_sw() {
     assert_eq!(get(2, "response"), "00010203040506070809");
     assert_eq!(get(2, "channel"), "Some(0)");
     assert_eq!(get(3, "sw"), "6700");
+    assert_eq!(get(4, "ins"), "20");
+    assert_eq!(get(4, "command"), "0020000004<4 bytes hidden>");
+    assert!(apdus[4].iter().all(|(_, v)| !v.contains("39393939")));
 }
