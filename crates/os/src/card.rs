@@ -1120,6 +1120,26 @@ impl Card {
         privileges: Privileges,
         params: &[u8],
     ) -> Result<(), OsError> {
+        self.install_as(load_file, aid, privileges, params, AppState::Selectable)
+    }
+
+    /// [`Card::install`] leaving the instance in `state`: `AppState::Installed` is
+    /// GlobalPlatform's INSTALL [for install] without [for make selectable] (SELECT answers
+    /// 6A82 until [`Card::set_app_state`] makes it SELECTABLE); `Locked` is refused.
+    pub fn install_as(
+        &mut self,
+        load_file: &str,
+        aid: &[u8],
+        privileges: Privileges,
+        params: &[u8],
+        state: AppState,
+    ) -> Result<(), OsError> {
+        if state == AppState::Locked {
+            return Err(OsError::BadTransition {
+                from: "install".into(),
+                to: format!("{state:?}"),
+            });
+        }
         if !(5..=16).contains(&aid.len()) {
             return Err(OsError::BadAid(aid.len()));
         }
@@ -1151,7 +1171,7 @@ impl Card {
             load_file: load_file.into(),
             aid: aid.to_vec(),
             privileges,
-            state: AppState::Selectable,
+            state,
         };
         let bytes = postcard::to_allocvec(&record).map_err(|e| OsError::Corrupt(e.to_string()))?;
         self.store.rollback();

@@ -256,6 +256,34 @@ fn application_life_cycle() {
     card.power_off();
     card.power_on();
     assert_eq!(select(&mut card, 0, &h("F050524202")), Sw::FILE_NOT_FOUND);
+    // INSTALLED (GP INSTALL [for install] without [for make selectable]): present, not
+    // selectable, until it is made SELECTABLE; it cannot be installed LOCKED.
+    card.install_as(
+        "probe",
+        &h("F050524206"),
+        Privileges::default(),
+        b"six",
+        AppState::Installed,
+    )
+    .unwrap();
+    assert_eq!(select(&mut card, 0, &h("F050524206")), Sw::FILE_NOT_FOUND);
+    assert!(
+        card.install_as(
+            "probe",
+            &h("F050524207"),
+            Privileges::default(),
+            b"",
+            AppState::Locked
+        )
+        .is_err()
+    );
+    card.power_off();
+    card.power_on();
+    assert_eq!(select(&mut card, 0, &h("F050524206")), Sw::FILE_NOT_FOUND);
+    card.set_app_state(&h("F050524206"), AppState::Selectable)
+        .unwrap();
+    assert_eq!(select(&mut card, 0, &h("F050524206")), Sw::OK);
+    assert_eq!(tx(&mut card, "8001000000").data, b"six");
 }
 
 #[test]
