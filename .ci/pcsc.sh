@@ -82,7 +82,16 @@ else
 fi
 
 # ---- 3. pcscd ----------------------------------------------------------------------------
-if "$T" readers >/dev/null 2>&1; then
+# Is a pcscd process running? Read /proc rather than asking PC/SC: a PC/SC call could
+# socket-activate a system pcscd that this script did not start.
+pcscd_running() {
+    local c
+    for c in /proc/[0-9]*/comm; do
+        [ "$(cat "$c" 2>/dev/null)" = pcscd ] && return 0
+    done
+    return 1
+}
+if pcscd_running; then
     # A pcscd started before vpcd was installed (e.g. by the package's systemd unit) has no
     # virtual reader. If systemd manages it, restart it through systemd so that it reads
     # /etc/reader.conf.d/vpcd; any other foreign pcscd is left alone and reported.
