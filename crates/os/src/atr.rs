@@ -6,9 +6,18 @@
 //! the last historical byte. For a contactless card this is exactly the PC/SC Part 3 ATR
 //! that a reader builds for an ISO 14443-4 card from the ATS historical bytes.
 
-/// Default historical bytes: category indicator 80, then the compact-TLV object
-/// "card issuer's data" (tag 5, 7 bytes): "TESRA" and version 1.0.
-pub const DEFAULT_HISTORICAL: [u8; 9] = [0x80, 0x57, b'T', b'E', b'S', b'R', b'A', 0x01, 0x00];
+/// Default historical bytes: category indicator 80, then two compact-TLV objects (ISO
+/// 7816-4, 8.1.1):
+/// - "card issuer's data" (tag 5, 7 bytes): "TESRA" and version 1.0;
+/// - "card capabilities" (tag 7, 3 bytes), what the OS supports:
+///   - C0: selection by full and by partial DF name;
+///   - 01: data coding byte (data unit of one byte);
+///   - DF: command chaining (80), extended Lc and Le (40), logical channels assigned by
+///     the card (10) and by the interface device (08), 8 or more channels (07; the OS has
+///     20).
+pub const DEFAULT_HISTORICAL: [u8; 13] = [
+    0x80, 0x57, b'T', b'E', b'S', b'R', b'A', 0x01, 0x00, 0x73, 0xC0, 0x01, 0xDF,
+];
 
 /// Build an ATR from historical bytes (at most 15 are used).
 pub fn build(historical: &[u8]) -> Vec<u8> {
@@ -40,5 +49,13 @@ mod tests {
         // Published example (PC/SC Part 3, empty historical bytes): 3B 80 80 01 01.
         assert_eq!(build(&[]), vec![0x3B, 0x80, 0x80, 0x01, 0x01]);
         assert!(build(&DEFAULT_HISTORICAL).len() <= 33);
+        // The card capabilities object announces chaining, extended lengths and 8+
+        // logical channels (third software function table).
+        let caps = DEFAULT_HISTORICAL
+            .windows(4)
+            .find(|w| w[0] == 0x73)
+            .unwrap();
+        assert_eq!(caps[3] & 0xC0, 0xC0);
+        assert_eq!(caps[3] & 0x07, 0x07);
     }
 }
