@@ -11,7 +11,8 @@ use tessera_crypto::kdf::{
     CmacPrf, CounterLocation, an10922_2tdea, an10922_3tdea, an10922_aes128, sp800_108_cmac_scp03,
     sp800_108_counter_cmac,
 };
-use tessera_crypto::padding::Padding;
+use tessera_crypto::mac::{retail_mac, retail_mac_verify};
+use tessera_crypto::padding::{Padding, pad};
 use tessera_crypto::rsa::{RsaPrivateKey, RsaPublicKey};
 use tessera_test_vectors::{Record, list, parse_kv, parse_pyca_oaep, read};
 
@@ -194,42 +195,159 @@ fn cmac_sp800_38b_and_rfc4493() {
     println!("vectors: CMAC: {} bit-flipped MACs rejected", neg + na + nt);
 }
 
-#[test]
-fn kbkdf_counter_cmac_aes() {
-    let text = read("kbkdf/kbkdf-ctr-cmac-aes-before-fixed-r8.txt").unwrap();
-    let recs = parse_kv(&text, &["COUNT"]).unwrap();
-    assert_eq!(recs.len(), 120);
-    let mut per = std::collections::BTreeMap::new();
+/// Vectors of one trimmed CAVP KBKDF counter-mode file, counted per
+/// (CTRLOCATION, counter width r, PRF).
+type KbkdfCounts = std::collections::BTreeMap<(String, u8, String), usize>;
+
+/// Check every vector of a trimmed NIST CAVP KBKDF counter-mode file
+/// (CMAC-AES PRFs). Besides KO, each vector's last `instring` (the PRF input
+/// for the last block i = ceil(L / 128), as CAVP prints it) must equal the
+/// layout the location and width describe, and for AFTER / MIDDLE the same
+/// key with the counter placed BEFORE must give a different output (so the
+/// location is really used).
+fn kbkdf_file(rel: &str) -> KbkdfCounts {
+    let text = read(rel).unwrap();
+    let recs = parse_kv(&text, &["COUNT"]).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    assert!(!recs.is_empty(), "{rel}: no vectors");
+    let mut per = KbkdfCounts::new();
     for r in &recs {
-        assert_eq!(r.req("CTRLOCATION").unwrap(), "BEFORE_FIXED");
-        assert_eq!(r.req("RLEN").unwrap(), "8_BITS");
+        let at = ctx(rel, r);
         let prf = r.req("PRF").unwrap().to_string();
         let key = r.hex("KI").unwrap();
         let expected_len = match prf.as_str() {
             "CMAC_AES128" => 16,
             "CMAC_AES192" => 24,
             "CMAC_AES256" => 32,
-            p => panic!("unexpected PRF {p}"),
+            p => panic!("{at}: unexpected PRF {p}"),
         };
-        assert_eq!(key.len(), expected_len);
+        assert_eq!(key.len(), expected_len, "{at}");
+        let r_bits: u8 = match r.req("RLEN").unwrap() {
+            "8_BITS" => 8,
+            "16_BITS" => 16,
+            "24_BITS" => 24,
+            "32_BITS" => 32,
+            w => panic!("{at}: unexpected RLEN {w}"),
+        };
         let l: u32 = r.req("L").unwrap().parse().unwrap();
-        let fixed = r.hex("FixedInputData").unwrap();
         let ko = r.hex("KO").unwrap();
-        let out = sp800_108_counter_cmac(
-            CmacPrf::Aes,
-            &key,
-            &fixed,
-            CounterLocation::BeforeFixed,
-            8,
-            l,
-        )
-        .unwrap();
-        assert_eq!(out, ko, "KBKDF line {}", r.line);
-        *per.entry(prf).or_insert(0usize) += 1;
+        assert_eq!(usize::try_from(l / 8).unwrap(), ko.len(), "{at}");
+        // parse_kv keeps the last of the repeated per-block lines
+        let last_i = l.div_ceil(128);
+        let ctr = &last_i.to_be_bytes()[4 - usize::from(r_bits / 8)..];
+        assert_eq!(r.hex("Binary rep of i").unwrap(), ctr, "{at}");
+        let loc_name = r.req("CTRLOCATION").unwrap().to_string();
+        let (fixed, location) = match loc_name.as_str() {
+            "BEFORE_FIXED" => (
+                r.hex("FixedInputData").unwrap(),
+                CounterLocation::BeforeFixed,
+            ),
+            "AFTER_FIXED" => (
+                r.hex("FixedInputData").unwrap(),
+                CounterLocation::AfterFixed,
+            ),
+            "MIDDLE_FIXED" => {
+                let before = r.hex("DataBeforeCtrData").unwrap();
+                let after = r.hex("DataAfterCtrData").unwrap();
+                assert_eq!(
+                    r.req("DataBeforeCtrLen").unwrap(),
+                    before.len().to_string(),
+                    "{at}"
+                );
+                assert_eq!(
+                    r.req("DataAfterCtrLen").unwrap(),
+                    after.len().to_string(),
+                    "{at}"
+                );
+                let off = before.len();
+                ([before, after].concat(), CounterLocation::Middle(off))
+            }
+            l => panic!("{at}: unexpected CTRLOCATION {l}"),
+        };
+        if let Some(n) = r.get("FixedInputDataByteLen") {
+            assert_eq!(n, fixed.len().to_string(), "{at}");
+        }
+        let split = match location {
+            CounterLocation::BeforeFixed => 0,
+            CounterLocation::AfterFixed => fixed.len(),
+            CounterLocation::Middle(off) => off,
+        };
+        let instring = [&fixed[..split], ctr, &fixed[split..]].concat();
+        assert_eq!(r.hex("instring").unwrap(), instring, "{at}");
+        let out = sp800_108_counter_cmac(CmacPrf::Aes, &key, &fixed, location, r_bits, l).unwrap();
+        assert_eq!(hex::encode(&out), hex::encode(&ko), "KBKDF {at}");
+        if location != CounterLocation::BeforeFixed {
+            let wrong = sp800_108_counter_cmac(
+                CmacPrf::Aes,
+                &key,
+                &fixed,
+                CounterLocation::BeforeFixed,
+                r_bits,
+                l,
+            )
+            .unwrap();
+            assert_ne!(wrong, ko, "{at}: counter location ignored");
+        }
+        *per.entry((loc_name, r_bits, prf)).or_insert(0) += 1;
     }
-    for (prf, n) in per {
+    per
+}
+
+#[test]
+fn kbkdf_counter_cmac_aes() {
+    let per = kbkdf_file("kbkdf/kbkdf-ctr-cmac-aes-before-fixed-r8.txt");
+    assert_eq!(per.values().sum::<usize>(), 120);
+    for ((loc, r, prf), n) in per {
+        assert_eq!((loc.as_str(), r), ("BEFORE_FIXED", 8));
         report(
             &format!("SP 800-108 KBKDF counter {prf} BEFORE_FIXED r=8 (NIST CAVP)"),
+            n,
+            0,
+        );
+    }
+}
+
+/// The other counter locations (MIDDLE_FIXED is the SCP03 layout) and
+/// counter widths 16, 24 and 32 bits: 40 vectors per PRF, location and width.
+#[test]
+fn kbkdf_counter_cmac_aes_locations_and_widths() {
+    let files = list("kbkdf").unwrap();
+    assert_eq!(files.len(), 4, "expected 4 KBKDF files: {files:?}");
+    let mut all = KbkdfCounts::new();
+    for (f, loc, widths) in [
+        (
+            "kbkdf-ctr-cmac-aes-before-fixed-r16-r24-r32.txt",
+            "BEFORE_FIXED",
+            &[16u8, 24, 32][..],
+        ),
+        (
+            "kbkdf-ctr-cmac-aes-middle-fixed.txt",
+            "MIDDLE_FIXED",
+            &[8, 16, 24, 32][..],
+        ),
+        (
+            "kbkdf-ctr-cmac-aes-after-fixed.txt",
+            "AFTER_FIXED",
+            &[8, 16, 24, 32][..],
+        ),
+    ] {
+        let per = kbkdf_file(&format!("kbkdf/{f}"));
+        assert_eq!(per.len(), 3 * widths.len(), "{f}: {per:?}");
+        for ((l, r, prf), n) in &per {
+            assert_eq!(l, loc, "{f}");
+            assert!(widths.contains(r), "{f}: r = {r}");
+            assert_eq!(*n, 40, "{f}: {prf} r={r}");
+        }
+        all.extend(per);
+    }
+    let mut by_set = std::collections::BTreeMap::<(String, u8), usize>::new();
+    for ((loc, r, _), n) in all {
+        *by_set.entry((loc, r)).or_insert(0) += n;
+    }
+    for ((loc, r), n) in by_set {
+        report(
+            &format!(
+                "SP 800-108 KBKDF counter CMAC_AES128/192/256 {loc} r={r} (NIST CAVP, 40 per PRF)"
+            ),
             n,
             0,
         );
@@ -291,6 +409,99 @@ fn rsa_pss_sigver() {
     );
 }
 
+/// PKCS#1 v1.5 signing is deterministic: signing each message of the NIST
+/// SigGen15 example (FIPS 186-2 file with d; p and q recovered from n, e, d
+/// by the import tool and validated by the key import) must give exactly the
+/// published S, which the verifier must accept, and must not verify for a
+/// changed message.
+#[test]
+fn rsa_pkcs1v15_siggen() {
+    let rel = "rsa/SigGen15_186-2-SHA256.txt";
+    let text = read(rel).unwrap();
+    let recs = parse_kv(&text, &["SHAAlg"]).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    assert_eq!(recs.len(), 50);
+    let mut per_mod = std::collections::BTreeMap::<usize, usize>::new();
+    let mut neg = 0;
+    let mut key: Option<(Vec<u8>, RsaPrivateKey)> = None;
+    for r in &recs {
+        let at = ctx(rel, r);
+        assert_eq!(r.req("SHAAlg").unwrap(), "SHA256", "{at}");
+        let n = r.hex("n").unwrap();
+        if key.as_ref().is_none_or(|(kn, _)| *kn != n) {
+            let k = RsaPrivateKey::from_components(
+                &n,
+                &r.hex("e").unwrap(),
+                &r.hex("d").unwrap(),
+                &r.hex("p").unwrap(),
+                &r.hex("q").unwrap(),
+            )
+            .unwrap_or_else(|e| panic!("{at}: key import: {e}"));
+            key = Some((n.clone(), k));
+        }
+        let k = &key.as_ref().unwrap().1;
+        let bits: usize = r.req("mod").unwrap().parse().unwrap();
+        assert_eq!(k.bits(), bits, "{at}");
+        let msg = r.hex("Msg").unwrap();
+        let s = r.hex("S").unwrap();
+        let sig = k.sign_pkcs1v15_sha256(&msg).unwrap();
+        assert_eq!(hex::encode(&sig), hex::encode(&s), "sign {at}");
+        let p = k.public_key();
+        p.verify_pkcs1v15_sha256(&msg, &s)
+            .unwrap_or_else(|e| panic!("verify {at}: {e}"));
+        assert!(p.verify_pkcs1v15_sha256(&flip(&msg), &s).is_err(), "{at}");
+        neg += 1;
+        *per_mod.entry(bits).or_insert(0) += 1;
+    }
+    for (bits, n) in per_mod {
+        report(
+            &format!(
+                "RSA PKCS#1 v1.5 SHA-256 SigGen {bits}-bit: sign = published S, verify (NIST CAVP SigGen15_186-2 example)"
+            ),
+            n,
+            0,
+        );
+    }
+    println!("vectors: RSA PKCS#1 v1.5 SigGen: {neg} changed messages rejected");
+}
+
+/// NIST CAVP FIPS 186-3 SigGen15 (SHA-256): the response file gives only n
+/// and e, so its signatures are verified (a PKCS#1 v1.5 signature is unique
+/// for a key and message, so this is also the value signing must produce).
+#[test]
+fn rsa_pkcs1v15_siggen_186_3_verify() {
+    let rel = "rsa/SigGen15_186-3-SHA256.rsp";
+    let text = read(rel).unwrap();
+    let recs = parse_kv(&text, &["SHAAlg"]).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    assert_eq!(recs.len(), 50);
+    let mut per_mod = std::collections::BTreeMap::<usize, usize>::new();
+    let mut neg = 0;
+    for r in &recs {
+        let at = ctx(rel, r);
+        assert_eq!(r.req("SHAAlg").unwrap(), "SHA256", "{at}");
+        let p = RsaPublicKey::from_components(&r.hex("n").unwrap(), &r.hex("e").unwrap())
+            .unwrap_or_else(|e| panic!("{at}: {e}"));
+        let bits: usize = r.req("mod").unwrap().parse().unwrap();
+        assert_eq!(p.bits(), bits, "{at}");
+        let msg = r.hex("Msg").unwrap();
+        let s = r.hex("S").unwrap();
+        p.verify_pkcs1v15_sha256(&msg, &s)
+            .unwrap_or_else(|e| panic!("verify {at}: {e}"));
+        assert!(p.verify_pkcs1v15_sha256(&msg, &flip(&s)).is_err(), "{at}");
+        neg += 1;
+        *per_mod.entry(bits).or_insert(0) += 1;
+    }
+    let sizes: Vec<String> = per_mod.iter().map(|(b, n)| format!("{b}: {n}")).collect();
+    report(
+        &format!(
+            "RSA PKCS#1 v1.5 SHA-256 SigGen verify (NIST CAVP FIPS 186-3 SigGen15; {})",
+            sizes.join(", ")
+        ),
+        per_mod.values().sum(),
+        0,
+    );
+    println!("vectors: RSA PKCS#1 v1.5 SigGen 186-3: {neg} bit-flipped signatures rejected");
+}
+
 #[test]
 fn rsa_oaep_sha256_decrypt() {
     let text = read("rsa/oaep-sha256-sha256.txt").unwrap();
@@ -330,6 +541,50 @@ fn rsa_oaep_sha256_decrypt() {
         0,
     );
     println!("vectors: RSA OAEP: {neg} corrupted ciphertexts rejected");
+}
+
+/// ISO 9797-1 MAC algorithm 3 (retail MAC, padding method 2): the eight
+/// MACs of the ICAO Doc 9303 Part 11 Appendix D worked example.
+#[test]
+fn retail_mac_icao9303_worked_example() {
+    let rel = "iso9797/icao9303-retail-mac.txt";
+    assert_eq!(list("iso9797").unwrap().len(), 1);
+    let text = read(rel).unwrap();
+    let recs = parse_kv(&text, &["COUNT"]).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    assert_eq!(recs.len(), 8);
+    let (mut n, mut neg, mut padded) = (0, 0, 0);
+    for r in &recs {
+        let at = format!("{} ({})", ctx(rel, r), r.req("STEP").unwrap());
+        let key = r.hex("KEY").unwrap();
+        let msg = r.hex("MSG").unwrap();
+        let mac = r.hex("MAC").unwrap();
+        let got = retail_mac(&key, &msg, Padding::Iso9797M2).unwrap();
+        assert_eq!(hex::encode_upper(got), hex::encode_upper(&mac), "{at}");
+        if r.get("PADDED").is_some() {
+            let p = r.hex("PADDED").unwrap();
+            assert_eq!(pad(&msg, 8, Padding::Iso9797M2).unwrap(), p, "{at}");
+            assert_eq!(
+                retail_mac(&key, &p, Padding::None).unwrap().to_vec(),
+                mac,
+                "{at}"
+            );
+            padded += 1;
+        }
+        assert!(retail_mac_verify(&key, &msg, Padding::Iso9797M2, &mac).unwrap());
+        assert!(retail_mac_verify(&key, &msg, Padding::Iso9797M2, &mac[..4]).unwrap());
+        assert!(!retail_mac_verify(&key, &msg, Padding::Iso9797M2, &flip(&mac)).unwrap());
+        assert!(!retail_mac_verify(&key, &flip(&msg), Padding::Iso9797M2, &mac).unwrap());
+        n += 1;
+        neg += 2;
+    }
+    report(
+        "Retail MAC ISO 9797-1 alg. 3 + padding 2 (ICAO 9303-11 App. D worked example, D.3 + D.4)",
+        n,
+        0,
+    );
+    println!(
+        "vectors: retail MAC: {padded} stated padded inputs match, {neg} flipped MACs / messages rejected"
+    );
 }
 
 /// One AN10922 example file: MASTER, M = UID || AID || SYSID, DIVKEY.
