@@ -912,14 +912,8 @@ fn load(a: &LoadArgs) -> CliResult<Out> {
     // Each chip image is saved after every command it answers, as a chip commits each
     // one: a crash mid-flow leaves the images as two chips would be.
     let result = flows::load_with(
-        &mut Durable {
-            t: &mut card,
-            what: "card",
-        },
-        &mut Durable {
-            t: &mut issuer,
-            what: "issuer SAM",
-        },
+        &mut Durable::new(&mut card, "card"),
+        &mut Durable::new(&mut issuer, "issuer SAM"),
         req,
         &opts,
     );
@@ -976,14 +970,8 @@ fn pay(a: &PayArgs) -> CliResult<Out> {
     };
     // Each chip image is saved after every command it answers (see `load`).
     let result = flows::pay_with(
-        &mut Durable {
-            t: &mut card,
-            what: "card",
-        },
-        &mut Durable {
-            t: &mut sam,
-            what: "terminal SAM",
-        },
+        &mut Durable::new(&mut card, "card"),
+        &mut Durable::new(&mut sam, "terminal SAM"),
         &req,
         &opts,
     );
@@ -1349,10 +1337,7 @@ fn with_issuer<R>(
             t: sam,
             what: "SAM",
         },
-        &mut Durable {
-            t: &mut issuer,
-            what: "issuer SAM",
-        },
+        &mut Durable::new(&mut issuer, "issuer SAM"),
     ))
 }
 
@@ -1368,14 +1353,8 @@ fn sam_resolve(a: &SamResolveArgs) -> CliResult<Out> {
         sam_pin: Some(sam_pin.into_bytes()),
     };
     let result = flows::resolve_entry(
-        &mut Durable {
-            t: &mut card,
-            what: "card",
-        },
-        &mut Durable {
-            t: &mut sam,
-            what: "SAM",
-        },
+        &mut Durable::new(&mut card, "card"),
+        &mut Durable::new(&mut sam, "SAM"),
         &opts,
         a.seq,
     );
@@ -1629,6 +1608,12 @@ fn unlock_sam(
 struct Durable<'a> {
     t: &'a mut Target,
     what: &'static str,
+}
+
+impl<'a> Durable<'a> {
+    fn new(t: &'a mut Target, what: &'static str) -> Self {
+        Durable { t, what }
+    }
 }
 
 impl tessera_host::transport::Transport for Durable<'_> {

@@ -206,6 +206,25 @@ fn scheme_card_sam(d: &Path, card_args: &[&str], amount: u32) -> (String, String
     (scheme, card, sam)
 }
 
+/// `tessera sam write-off --scheme SCHEME --sam SAM --seq SEQ` (and `--json`).
+fn write_off(scheme: &str, sam: &str, seq: u32, json: bool) -> Output {
+    let seq = seq.to_string();
+    let mut args = vec![
+        "sam",
+        "write-off",
+        "--scheme",
+        scheme,
+        "--sam",
+        sam,
+        "--seq",
+        &seq,
+    ];
+    if json {
+        args.push("--json");
+    }
+    tessera(&args)
+}
+
 /// `sam write-off` reaches both SAMs and refuses, naming the reason, an entry that is
 /// not PENDING (a completed payment), before and after its settlement; the SAM's
 /// journal is unchanged.
@@ -214,16 +233,7 @@ fn sam_write_off_refuses_an_entry_that_is_not_pending() {
     let dir = tempfile::tempdir().unwrap();
     let (scheme, card, sam) = scheme_card_sam(dir.path(), &[], 1000);
     ok_json(&["pay", "--sam", &sam, "--card", &card, "--amount", "100"]);
-    let o = tessera(&[
-        "sam",
-        "write-off",
-        "--scheme",
-        &scheme,
-        "--sam",
-        &sam,
-        "--seq",
-        "1",
-    ]);
+    let o = write_off(&scheme, &sam, 1, false);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -235,17 +245,7 @@ fn sam_write_off_refuses_an_entry_that_is_not_pending() {
     ok_json(&[
         "sam", "journal", "--sam", &sam, "--settle", "--scheme", &scheme,
     ]);
-    let o = tessera(&[
-        "sam",
-        "write-off",
-        "--scheme",
-        &scheme,
-        "--sam",
-        &sam,
-        "--seq",
-        "1",
-        "--json",
-    ]);
+    let o = write_off(&scheme, &sam, 1, true);
     assert!(!o.status.success());
     assert_eq!(ok_json(&["sam", "show", "--sam", &sam])["journal_count"], 0);
 }
@@ -302,25 +302,8 @@ fn sam_resolve_and_write_off_an_abandoned_purchase() {
     let r = resolve(lost);
     assert_eq!(r["resolution"], "unresolvable");
     assert_eq!(r["entry"]["status"], "pending");
-    let write_off = |json: bool| {
-        let seq = lost.to_string();
-        let mut args = vec![
-            "sam",
-            "write-off",
-            "--scheme",
-            &scheme,
-            "--sam",
-            &sam,
-            "--seq",
-            &seq,
-        ];
-        if json {
-            args.push("--json");
-        }
-        tessera(&args)
-    };
     // The issuer has not seen it yet.
-    let o = write_off(false);
+    let o = write_off(&scheme, &sam, lost, false);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("has not seen this entry pending"), "{err}");
@@ -328,7 +311,7 @@ fn sam_resolve_and_write_off_an_abandoned_purchase() {
         "sam", "journal", "--sam", &sam, "--settle", "--scheme", &scheme,
     ]);
     assert_eq!(s["settlement"]["purchases_total"], 60);
-    let o = write_off(true);
+    let o = write_off(&scheme, &sam, lost, true);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["written_off"]["seq"], lost);
