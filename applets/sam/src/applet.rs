@@ -515,6 +515,18 @@ fn own_journal_key(keys: &[SamKey], cfg: &Config) -> Result<Key16, Sw> {
     Ok(Zeroizing::new(*k.key))
 }
 
+/// For a journal message that names `sam_id` (an ack, a write-off token): this SAM's
+/// config and own journal key; 6A80 when it names another SAM.
+fn addressed_to_me(ctx: &Context<'_>, sam_id: &[u8; 4]) -> Result<(Config, Key16), Sw> {
+    let cfg = config(ctx)?;
+    if *sam_id != cfg.sam_id {
+        return Err(Sw::WRONG_DATA);
+    }
+    let keys = read_keys(ctx)?;
+    let k = own_journal_key(&keys, &cfg)?;
+    Ok((cfg, k))
+}
+
 fn derive_journal_key(m_journal: &[u8; 16], sam_id: &[u8; 4]) -> Result<Key16, Sw> {
     Ok(Zeroizing::new(
         an10922_aes128(m_journal, &wire::journal_div_input(sam_id)).map_err(internal)?,
@@ -1564,12 +1576,7 @@ impl Sam {
     fn ack_journal(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         cmd.expect_p1p2(0, 0)?;
         let ack = JournalAck::decode(&cmd.data).map_err(|e| e.sw())?;
-        let cfg = config(ctx)?;
-        if ack.sam_id != cfg.sam_id {
-            return Err(Sw::WRONG_DATA);
-        }
-        let keys = read_keys(ctx)?;
-        let k = own_journal_key(&keys, &cfg)?;
+        let (_, k) = addressed_to_me(ctx, &ack.sam_id)?;
         if !verify8(
             &k,
             &wire::journal_ack_mac_input(&ack.sam_id, ack.last_seq, &ack.batch_mac),
@@ -1784,12 +1791,7 @@ impl Sam {
     fn apply_write_off(ctx: &mut Context<'_>, cmd: &Command) -> Result<Vec<u8>, Sw> {
         cmd.expect_p1p2(0, 0)?;
         let w = WriteOff::decode(&cmd.data).map_err(|e| e.sw())?;
-        let cfg = config(ctx)?;
-        if w.sam_id != cfg.sam_id {
-            return Err(Sw::WRONG_DATA);
-        }
-        let keys = read_keys(ctx)?;
-        let k = own_journal_key(&keys, &cfg)?;
+        let (cfg, k) = addressed_to_me(ctx, &w.sam_id)?;
         let rec = journal_get(ctx, w.seq)?.ok_or(sw::NO_SUCH_TXN)?;
         if rec.status != status::PENDING && rec.status != status::WRITTEN_OFF {
             return Err(Sw::CONDITIONS_NOT_SATISFIED);
