@@ -3,7 +3,7 @@
 //! statement and a replayed one are each found.
 
 mod common;
-use common::{ISSUER, T, TERMINAL, pay, settle};
+use common::{ISSUER, T, TERMINAL, load, pay, settle};
 
 use std::sync::OnceLock;
 use std::time::SystemTime;
@@ -22,17 +22,7 @@ fn images() -> &'static WorldImages {
 /// Three settlement rounds (payments 100+200, 300, 400+500+600) and the issuer SAM's key.
 fn scenario() -> (World, Vec<VerifiedBatch>, RsaPublicKey) {
     let mut w = images().restore().unwrap();
-    let opts = w.issuer_opts();
-    flows::load_with(
-        &mut w.purses[0],
-        &mut w.issuer,
-        LoadRequest {
-            amount: 5_000,
-            terminal_time: T,
-        },
-        &opts,
-    )
-    .unwrap();
+    load(&mut w, 5_000);
     let mut records = Vec::new();
     for round in [&[100u32, 200][..], &[300], &[400, 500, 600]] {
         for &a in round {

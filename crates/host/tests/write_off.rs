@@ -3,13 +3,13 @@
 //! settled as WRITTEN_OFF, and the settlement records still reconcile.
 
 mod common;
-use common::{ISSUER, T, TERMINAL, pay, settle};
+use common::{ISSUER, T, TERMINAL, load, pay, settle};
 
 use std::time::SystemTime;
 use tessera_host::clients::SamClient;
 use tessera_host::flows::kit::{self, PurseParams, World};
 use tessera_host::flows::reconcile;
-use tessera_host::flows::{self, FlowError, LoadRequest};
+use tessera_host::flows::{self, FlowError};
 use tessera_sam::wire as sw_;
 
 const LOST: u32 = 333;
@@ -30,17 +30,7 @@ fn unresolvable_entry_is_written_off_settled_and_reconciled() {
         },
     )
     .unwrap();
-    let opts = w.issuer_opts();
-    flows::load_with(
-        &mut w.purses[0],
-        &mut w.issuer,
-        LoadRequest {
-            amount: 5_000,
-            terminal_time: T,
-        },
-        &opts,
-    )
-    .unwrap();
+    load(&mut w, 5_000);
     let seq = abandoned_purchase(&mut w, LOST);
     for _ in 0..6 {
         pay(&mut w, 10);
@@ -136,17 +126,7 @@ fn unresolvable_entry_is_written_off_settled_and_reconciled() {
 #[test]
 fn resolve_entry_voids_an_abandoned_purchase_and_refuses_another_card() {
     let mut w = World::new(2, &PurseParams::default()).unwrap();
-    let opts = w.issuer_opts();
-    flows::load_with(
-        &mut w.purses[0],
-        &mut w.issuer,
-        LoadRequest {
-            amount: 1_000,
-            terminal_time: T,
-        },
-        &opts,
-    )
-    .unwrap();
+    load(&mut w, 1_000);
     let seq = abandoned_purchase(&mut w, 40);
     let opts = w.terminal_opts();
     let before = SamClient::new(&mut w.terminal).sam_data().unwrap();

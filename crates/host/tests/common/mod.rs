@@ -2,11 +2,26 @@
 #![allow(dead_code)] // each test crate uses a part
 
 use tessera_host::flows::kit::World;
-use tessera_host::flows::{self, PayRequest, VerifiedBatch};
+use tessera_host::flows::{self, LoadRequest, PayRequest, VerifiedBatch};
 
 pub const T: u32 = 1_700_000_000;
 pub const ISSUER: [u8; 4] = [0, 0, 0, 1];
 pub const TERMINAL: [u8; 4] = [0, 0, 0, 2];
+
+/// Load `amount` into purse 0 through the issuer SAM; must succeed.
+pub fn load(w: &mut World, amount: u32) {
+    let opts = w.issuer_opts();
+    flows::load_with(
+        &mut w.purses[0],
+        &mut w.issuer,
+        LoadRequest {
+            amount,
+            terminal_time: T,
+        },
+        &opts,
+    )
+    .unwrap();
+}
 
 /// Pay `amount` from purse 0 at the terminal SAM (terminal ID 00000007); must succeed.
 pub fn pay(w: &mut World, amount: u32) {
