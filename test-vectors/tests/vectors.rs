@@ -365,8 +365,15 @@ fn sigver(rel: &str, pss: bool) -> (usize, usize) {
         let e = r.hex("e").unwrap();
         let msg = r.hex("Msg").unwrap();
         let s = r.hex("S").unwrap();
-        let expect_ok = r.req("Result").unwrap().starts_with('P');
-        let res = RsaPublicKey::from_components(&nn, &e).and_then(|k| {
+        let result = r.req("Result").unwrap();
+        let expect_ok = result.starts_with('P');
+        // Only a changed public exponent may be refused at key import; every other
+        // negative vector must import and then fail verification itself.
+        let key = RsaPublicKey::from_components(&nn, &e);
+        if !result.contains("Public Key e changed") {
+            assert!(key.is_ok(), "{}: key import failed", ctx(rel, r));
+        }
+        let res = key.and_then(|k| {
             if pss {
                 k.verify_pss_sha256_salt(&msg, &s, None)
             } else {
