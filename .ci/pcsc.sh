@@ -82,10 +82,13 @@ else
 fi
 
 # ---- 3. pcscd ----------------------------------------------------------------------------
-# Is a pcscd process running? Read /proc rather than asking PC/SC: a PC/SC call could
-# socket-activate a system pcscd that this script did not start.
+# Is a system pcscd here: a pcscd process, or its socket (systemd's pcscd.socket starts
+# one on the first PC/SC call)? Read /proc and the socket path rather than asking PC/SC,
+# which could socket-activate a system pcscd that this script did not start. Our own
+# `pcscd -f` would refuse to start beside that socket anyway.
 pcscd_running() {
     local c
+    [ -S /run/pcscd/pcscd.comm ] && return 0
     for c in /proc/[0-9]*/comm; do
         [ "$(cat "$c" 2>/dev/null)" = pcscd ] && return 0
     done
@@ -106,6 +109,11 @@ if pcscd_running; then
 else
     pcscd -f >>"$WORK/pcscd.log" 2>&1 &
     PCSCD_PID=$!
+    sleep 0.3
+    if ! kill -0 "$PCSCD_PID" 2>/dev/null; then
+        PCSCD_PID=""
+        bad "pcscd -f exited at once (see $WORK/pcscd.log)"; tail -n 20 "$WORK/pcscd.log"; exit 1
+    fi
     say "started pcscd -f (pid $PCSCD_PID)"
 fi
 for _ in $(seq 1 50); do

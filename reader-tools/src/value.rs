@@ -706,7 +706,11 @@ fn scheme_init(a: &SchemeInitArgs) -> CliResult<Out> {
 
 /// Claim the output image of an issue command: refuse an existing file without `--force`,
 /// and lock the path (an image being served or used by a flow is never replaced).
-fn claim_out(path: &Path, force: bool) -> CliResult<OutClaim> {
+/// Lock the `--out` image of an issue command. Called once the command's input has been
+/// checked, so that refused input leaves no lock file. (A lock file is never removed:
+/// removing it while another process waits to open it would let two processes hold
+/// "the" lock; see [`tessera_os::ImageLock`].)
+fn claim_out(path: &Path, force: bool) -> CliResult<tessera_os::ImageLock> {
     if path.exists() && !force {
         return Err(format!(
             "{} exists; refusing to overwrite it (use --force)",
@@ -714,26 +718,7 @@ fn claim_out(path: &Path, force: bool) -> CliResult<OutClaim> {
         )
         .into());
     }
-    Ok(OutClaim {
-        _lock: tessera_os::ImageLock::acquire(path)?,
-        image: path.to_path_buf(),
-    })
-}
-
-/// The lock on the `--out` image of an issue command. Should the command fail before the
-/// image exists, the lock file goes too (removed while still locked), so a refused command
-/// leaves nothing behind.
-struct OutClaim {
-    _lock: tessera_os::ImageLock,
-    image: PathBuf,
-}
-
-impl Drop for OutClaim {
-    fn drop(&mut self) {
-        if !self.image.exists() {
-            let _ = std::fs::remove_file(tessera_os::ImageLock::lock_path(&self.image));
-        }
-    }
+    Ok(tessera_os::ImageLock::acquire(path)?)
 }
 
 fn save_target(t: &mut Target, what: &str) -> CliResult {
@@ -747,7 +732,6 @@ fn card_issue(a: &CardIssueArgs) -> CliResult<Out> {
     if a.max_balance == 0 {
         return Err("--max-balance must be greater than zero".into());
     }
-    let _out_lock = claim_out(&a.out, a.force)?;
     let mut scheme = Scheme::load(&a.scheme)?;
     let card_id = match &a.card_id {
         Some(h) => {
@@ -771,6 +755,7 @@ fn card_issue(a: &CardIssueArgs) -> CliResult<Out> {
     let pin_threshold = a
         .pin_threshold
         .unwrap_or(if pin.is_empty() { u32::MAX } else { 2000 });
+    let _out_lock = claim_out(&a.out, a.force)?;
     let manufacturer = scheme.manufacturer(&a.scheme)?;
     let (mut issuer, _) = scheme.open_issuer(&a.scheme, a.sam_pin.as_deref())?;
     let params = kit::PurseParams {
@@ -824,7 +809,6 @@ fn sam_issue(a: &SamIssueArgs) -> CliResult<Out> {
         )
         .into());
     }
-    let _out_lock = claim_out(&a.out, a.force)?;
     let mut scheme = Scheme::load(&a.scheme)?;
     let sam_id = match &a.sam_id {
         Some(h) => parse_hex_n::<4>("--sam-id", h)?,
@@ -834,6 +818,7 @@ fn sam_issue(a: &SamIssueArgs) -> CliResult<Out> {
         .pin
         .clone()
         .unwrap_or_else(|| String::from_utf8_lossy(kit::DEFAULT_SAM_PIN).into_owned());
+    let _out_lock = claim_out(&a.out, a.force)?;
     let manufacturer = scheme.manufacturer(&a.scheme)?;
     let (mut issuer, _) = scheme.open_issuer(&a.scheme, a.sam_pin.as_deref())?;
     let params = kit::SamParams {
@@ -1622,9 +1607,15 @@ impl tessera_host::transport::Transport for Durable<'_> {
         apdu: &[u8],
     ) -> Result<Vec<u8>, tessera_host::transport::TransportError> {
         let r = self.t.transport().transmit_raw(apdu)?;
-        self.t
-            .save()
-            .map_err(|e| std::io::Error::other(format!("saving the {} image: {e}", self.what)))?;
+        // The command has run; only its durability failed. For the flows that is an
+        // answer whose fate is unknown, like a link lost after the command: they recover
+        // (and never read it as the chip's refusal).
+        self.t.save().map_err(|e| {
+            tessera_host::transport::TransportError::Lost(format!(
+                "saving the {} image: {e}",
+                self.what
+            ))
+        })?;
         Ok(r)
     }
     fn reset(&mut self) -> Result<Vec<u8>, tessera_host::transport::TransportError> {

@@ -438,3 +438,26 @@ fn refused_commands_leave_no_files() {
     left.sort();
     assert_eq!(left, vec!["scheme".to_string()]);
 }
+
+/// `scheme init --max-per-load` caps every load through the scheme's issuer SAM: over it,
+/// refused and nothing moves; at it, loaded.
+#[test]
+fn scheme_load_ceiling_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let scheme = p(d, "scheme");
+    let card = p(d, "a.card");
+    ok_json(&["scheme", "init", &scheme, "--max-per-load", "500"]);
+    ok_json(&["card", "issue", "--scheme", &scheme, "--out", &card]);
+    let o = tessera(&[
+        "load", "--scheme", &scheme, "--card", &card, "--amount", "501",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("ceiling"), "{err}");
+    assert_eq!(ok_json(&["purse", "show", "--card", &card])["balance"], 0);
+    let r = ok_json(&[
+        "load", "--scheme", &scheme, "--card", &card, "--amount", "500",
+    ]);
+    assert_eq!(r["balance_after"], 500);
+}

@@ -19,6 +19,16 @@ pub const DEFAULT_HISTORICAL: [u8; 13] = [
     0x80, 0x57, b'T', b'E', b'S', b'R', b'A', 0x01, 0x00, 0x73, 0xC0, 0x01, 0xDF,
 ];
 
+/// [`DEFAULT_HISTORICAL`] for a card with `channels` logical channels: the low three
+/// bits of the last byte say how many (ISO 7816-4: value + 1, 7 meaning 8 or more).
+pub fn default_historical(channels: u8) -> [u8; 13] {
+    let mut h = DEFAULT_HISTORICAL;
+    if let Some(last) = h.last_mut() {
+        *last = (*last & !0x07) | channels.saturating_sub(1).min(7);
+    }
+    h
+}
+
 /// Build an ATR from historical bytes (at most 15 are used).
 pub fn build(historical: &[u8]) -> Vec<u8> {
     let hist = historical.get(..historical.len().min(15)).unwrap_or(&[]);
@@ -57,5 +67,9 @@ mod tests {
             .unwrap();
         assert_eq!(caps[3] & 0xC0, 0xC0);
         assert_eq!(caps[3] & 0x07, 0x07);
+        // A card with fewer channels says how many (value + 1).
+        assert_eq!(default_historical(4)[12], 0xDB);
+        assert_eq!(default_historical(1)[12], 0xD8);
+        assert_eq!(default_historical(20), DEFAULT_HISTORICAL);
     }
 }

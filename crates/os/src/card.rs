@@ -351,10 +351,14 @@ impl Card {
         self.store.consistent_with_log()
     }
 
-    /// The ATR this card answers.
+    /// The ATR this card answers. With the default historical bytes, their card
+    /// capabilities announce this card's number of logical channels.
     pub fn atr(&self) -> Vec<u8> {
         match &self.profile.atr {
             Some(a) => a.clone(),
+            None if self.profile.historical_bytes == atr::DEFAULT_HISTORICAL => atr::build(
+                &atr::default_historical(self.profile.max_channels.clamp(1, 20)),
+            ),
             None => atr::build(&self.profile.historical_bytes),
         }
     }

@@ -284,6 +284,7 @@ impl Store {
     /// Rewrite the log as one snapshot batch. Modelled as atomic: a real card writes the
     /// snapshot into the spare bank, then flips a one-byte bank selector.
     pub fn compact(&mut self) {
+        self.nvm.torn_at = None;
         self.nvm.log = if self.committed.is_empty() {
             Vec::new()
         } else {

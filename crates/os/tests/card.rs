@@ -57,6 +57,10 @@ impl Applet for Probe {
             }
             0x05 => Ok(ctx.get(b"called").unwrap_or_default()),
             0x06 => ctx.put(b"data", &cmd.data).map(|_| Vec::new()),
+            0x07 => {
+                let p = ctx.privileges();
+                Ok(vec![u8::from(p.card_lock), u8::from(p.card_terminate)])
+            }
             _ => Err(Sw::INS_NOT_SUPPORTED),
         }
     }
@@ -372,6 +376,8 @@ fn an_applet_locks_the_card_only_from_secured() {
     let mut card = probe_card(Interface::Contact);
     assert_eq!(card.life_cycle(), CardState::OpReady);
     assert_eq!(select(&mut card, 0, &h("F050524204")), Sw::OK);
+    // The applet sees the privileges it was installed with.
+    assert_eq!(tx(&mut card, "8007000000").data, vec![1, 1]);
     assert_eq!(tx(&mut card, "80020000").sw, Sw::CONDITIONS_NOT_SATISFIED);
     assert_eq!(card.life_cycle(), CardState::OpReady);
     card.set_life_cycle(CardState::Initialized).unwrap();
@@ -389,6 +395,7 @@ fn a_panic_in_a_service_rolls_back_and_keeps_the_callee() {
     let mut card = probe_card(Interface::Contact);
     let before = card.memory().used;
     assert_eq!(select(&mut card, 0, &h("F050524201")), Sw::OK);
+    assert_eq!(tx(&mut card, "8007000000").data, vec![0, 0]);
     // 80 04: the caller writes, the callee writes then panics.
     assert_eq!(tx(&mut card, "8004000005F050524202").sw, Sw::UNKNOWN);
     // Nothing of either write stays, and the callee is still installed and works.
