@@ -808,12 +808,12 @@ fn pick_batch(ctx: &Context<'_>, st: &State, max_final: usize) -> Result<Pick, S
     Ok(pick)
 }
 
-/// Sequence numbers of the entries held up to `to`, oldest first, at most `max`.
-fn held_seqs(ctx: &Context<'_>, st: &State, to: u32, max: usize) -> Vec<u32> {
+/// Sequence numbers of the entries held from `from` up to `to`, oldest first, at most `max`.
+fn held_seqs(ctx: &Context<'_>, st: &State, from: u32, to: u32, max: usize) -> Vec<u32> {
     if st.journal_count == 0 {
         return Vec::new();
     }
-    journal_seqs(ctx, st.oldest_seq, to.min(st.sam_txn), max)
+    journal_seqs(ctx, st.oldest_seq.max(from), to.min(st.sam_txn), max)
 }
 
 /// Stage the deletion of the entries `seqs` (held, not PENDING) and update the counts in
@@ -1496,7 +1496,19 @@ impl Sam {
             1 => true,
             _ => return Err(Sw::INCORRECT_P1P2),
         };
-        cmd.expect_no_data()?;
+        // A peek may name the first sequence number to show (4 bytes); an export takes no
+        // data.
+        let from = if peek && !cmd.data.is_empty() {
+            let b: [u8; 4] = cmd
+                .data
+                .as_slice()
+                .try_into()
+                .map_err(|_| Sw::WRONG_LENGTH)?;
+            u32::from_be_bytes(b)
+        } else {
+            cmd.expect_no_data()?;
+            0
+        };
         let max = if cmd.p1 == 0 {
             DEFAULT_EXPORT
         } else {
@@ -1506,7 +1518,7 @@ impl Sam {
         if peek {
             let st = state(ctx)?;
             let mut entries = Vec::new();
-            for seq in held_seqs(ctx, &st, st.sam_txn, max) {
+            for seq in held_seqs(ctx, &st, from, st.sam_txn, max) {
                 entries.push(journal_get(ctx, seq)?.ok_or(Sw::UNKNOWN)?.entry());
             }
             return Ok(JournalBatch {

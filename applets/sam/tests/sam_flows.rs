@@ -838,6 +838,25 @@ fn journal_counts_follow_every_change() {
         peek.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![1, 302]
     );
+    // A peek from a sequence number: the entries held from there on, across the gap.
+    let from = |iss: &mut Chip, max: u8, seq: u32| {
+        w::JournalBatch::decode(&iss.ok(ins::EXPORT_JOURNAL, max, 1, &seq.to_be_bytes()))
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(from(&mut iss, 0, 2), vec![302]);
+    assert_eq!(from(&mut iss, 1, 1), vec![1]);
+    assert_eq!(from(&mut iss, 0, 302), vec![302]);
+    assert_eq!(from(&mut iss, 0, 303), Vec::<u32>::new());
+    // Data of another length: 6700; an export (P2 = 00) takes none.
+    assert_eq!(iss.sw(ins::EXPORT_JOURNAL, 0, 1, &[0, 1]), Sw::WRONG_LENGTH);
+    assert_eq!(
+        iss.sw(ins::EXPORT_JOURNAL, 0, 0, &2u32.to_be_bytes()),
+        Sw::WRONG_LENGTH
+    );
 }
 
 /// A batch that showed a final entry is exported again, identical, until its ack arrives:

@@ -534,6 +534,15 @@ impl<'a, T: Transport + ?Sized> SamClient<'a, T> {
             .fetch("EXPORT JOURNAL (peek)", cmd, JournalBatch::decode)
     }
 
+    /// EXPORT JOURNAL P2 = 01 with data `from` (u32): at most `max` entries held with a
+    /// sequence number of at least `from`, as they are now; records nothing.
+    pub fn peek_journal_from(&mut self, max: u8, from: u32) -> Result<JournalBatch, ClientError> {
+        let cmd = Command::new(sw_::CLA, sw_::ins::EXPORT_JOURNAL, max, 0x01)
+            .with_data(from.to_be_bytes().to_vec());
+        self.link
+            .fetch("EXPORT JOURNAL (peek)", cmd, JournalBatch::decode)
+    }
+
     /// ACK JOURNAL with the issuer's acknowledgement of the batch this SAM exported last:
     /// drops the entries that batch showed in a final state. An ack of an earlier batch
     /// answers 6985 and drops nothing.

@@ -1248,15 +1248,11 @@ where
     Ok(entry)
 }
 
-/// Entries one write-off peek shows (the oldest held; an unresolvable PENDING entry is
-/// among the oldest, the settled ones before it having been dropped).
-const WRITE_OFF_PEEK: u8 = 128;
-
-/// The PENDING entry `seq` among the oldest [`WRITE_OFF_PEEK`] entries of an open SAM's
-/// journal (EXPORT JOURNAL P2 = 01: nothing recorded).
+/// The PENDING entry `seq` of an open SAM's journal (EXPORT JOURNAL peek from `seq`:
+/// nothing recorded).
 fn find_pending<T: Transport + ?Sized>(sam: &mut T, seq: u32) -> Result<JournalEntry, FlowError> {
     let batch = SamClient::new(sam)
-        .peek_journal(WRITE_OFF_PEEK)
+        .peek_journal_from(1, seq)
         .map_err(|e| sam_err("EXPORT JOURNAL (peek)", e))?;
     batch
         .entries
