@@ -3,7 +3,7 @@
 //! statement and a replayed one are each found.
 
 mod common;
-use common::{ISSUER, T, TERMINAL, load, pay, settle};
+use common::{ISSUER, TERMINAL, load, pay, settle, try_load};
 
 use std::sync::OnceLock;
 use std::time::SystemTime;
@@ -11,7 +11,7 @@ use tessera_crypto::rsa::RsaPublicKey;
 use tessera_host::clients::SamClient;
 use tessera_host::flows::kit::{self, PurseParams, World, WorldImages};
 use tessera_host::flows::reconcile::{self, ReconcileError};
-use tessera_host::flows::{self, LoadRequest, VerifiedBatch};
+use tessera_host::flows::{self, VerifiedBatch};
 use tessera_sam::wire::{self as sw_, SettlementStatement};
 
 fn images() -> &'static WorldImages {
@@ -188,21 +188,9 @@ fn the_statement_counts_loads_voids_and_open_entries() {
     let mut w = images().restore().unwrap();
     // The issuer settles its own journal: a load; a refused load (VOID) after a purse
     // refusal; the statement is about the issuer's own SAM ID.
-    let opts = w.issuer_opts();
-    let load = |w: &mut World, amount| {
-        flows::load_with(
-            &mut w.purses[0],
-            &mut w.issuer,
-            LoadRequest {
-                amount,
-                terminal_time: T,
-            },
-            &opts,
-        )
-    };
-    load(&mut w, 700).unwrap();
+    try_load(&mut w, 700).unwrap();
     // Over the purse's maximum balance: authorised by the SAM, refused by the purse, voided.
-    assert!(load(&mut w, u32::MAX / 2).is_err());
+    assert!(try_load(&mut w, u32::MAX / 2).is_err());
     let mut records = Vec::new();
     let mut terminal = w.terminal;
     let issuer = std::rc::Rc::new(std::cell::RefCell::new(w.issuer));

@@ -8,8 +8,8 @@ pub const T: u32 = 1_700_000_000;
 pub const ISSUER: [u8; 4] = [0, 0, 0, 1];
 pub const TERMINAL: [u8; 4] = [0, 0, 0, 2];
 
-/// Load `amount` into purse 0 through the issuer SAM; must succeed.
-pub fn load(w: &mut World, amount: u32) {
+/// Load `amount` into purse 0 through the issuer SAM.
+pub fn try_load(w: &mut World, amount: u32) -> Result<flows::LoadReceipt, flows::FlowError> {
     let opts = w.issuer_opts();
     flows::load_with(
         &mut w.purses[0],
@@ -20,7 +20,11 @@ pub fn load(w: &mut World, amount: u32) {
         },
         &opts,
     )
-    .unwrap();
+}
+
+/// Load `amount` into purse 0 through the issuer SAM; must succeed.
+pub fn load(w: &mut World, amount: u32) {
+    try_load(w, amount).unwrap();
 }
 
 /// Pay `amount` from purse 0 at the terminal SAM (terminal ID 00000007); must succeed.
