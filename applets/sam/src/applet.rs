@@ -230,20 +230,10 @@ struct Settled {
     sums: wire::SettledSums,
 }
 
-/// The `S/` record as written before the totals and the chain existed (a strict prefix of
-/// [`Settled`]): upgraded with zero totals and an empty chain, so a statement covers the
-/// batches settled since the upgrade (docs/applets/sam.md).
-#[derive(Debug, Clone, Deserialize)]
-struct SettledV1 {
-    hwm: u32,
-    open: Vec<u32>,
-    last_mac: Mac,
-    last_seq: u32,
-}
-
 /// The totals of an `S/` record as written before the write-off counts existed (a strict
 /// prefix of [`SettledSumsV3`]).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct SettledSumsV2 {
     batches: u32,
     purchases: u32,
@@ -258,6 +248,7 @@ struct SettledSumsV2 {
 /// kind (a strict prefix of [`wire::SettledSums`]; postcard writes a nested struct as its
 /// fields in order, so this is [`SettledSumsV2`] followed by the two counts).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct SettledSumsV3 {
     v2: SettledSumsV2,
     written_off: u32,
@@ -280,9 +271,15 @@ impl SettledSumsV2 {
     }
 }
 
-/// The `S/` record as written before the write-off counts existed (V2) or with write-offs
-/// counted without their kind (V3): each a strict prefix of the next and of [`Settled`].
+/// The `S/` record of an earlier layout, each a strict prefix of the next and of
+/// [`Settled`]:
+/// - V1, `SettledOld<()>` (postcard writes `()` as nothing): before the totals and the
+///   chain existed; upgraded with zero totals and an empty chain, so a statement covers
+///   the batches settled since the upgrade (docs/applets/sam.md);
+/// - V2, `SettledOld<SettledSumsV2>`: before the write-off counts existed;
+/// - V3, `SettledOld<SettledSumsV3>`: write-offs counted without their kind.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct SettledOld<M> {
     hwm: u32,
     open: Vec<u32>,
@@ -334,15 +331,9 @@ fn settled_decode(bytes: &[u8]) -> Option<Settled> {
         let sums = v.sums.upgrade();
         return Some(v.upgrade(sums));
     }
-    postcard::from_bytes::<SettledV1>(bytes)
+    postcard::from_bytes::<SettledOld<()>>(bytes)
         .ok()
-        .map(|v| Settled {
-            hwm: v.hwm,
-            open: v.open,
-            last_mac: v.last_mac,
-            last_seq: v.last_seq,
-            ..Settled::default()
-        })
+        .map(|v| v.upgrade(wire::SettledSums::default()))
 }
 
 fn s_key(sam_id: &[u8; 4]) -> Vec<u8> {
@@ -1889,50 +1880,18 @@ impl Applet for Sam {
 mod tests {
     use super::*;
 
-    /// The `S/` layouts as earlier versions wrote them (serialisable mirrors).
-    #[derive(Serialize)]
-    struct V1 {
-        hwm: u32,
-        open: Vec<u32>,
-        last_mac: Mac,
-        last_seq: u32,
-    }
-
-    #[derive(Serialize)]
-    struct SumsV2 {
-        batches: u32,
-        purchases: u32,
-        purchases_total: u64,
-        loads: u32,
-        loads_total: u64,
-        voids: u32,
-        chain: [u8; 32],
-    }
-
-    #[derive(Serialize)]
-    struct SumsV3 {
-        v2: SumsV2,
-        written_off: u32,
-        written_off_total: u64,
-    }
-
-    #[derive(Serialize)]
-    struct Old<M> {
-        v1: V1,
-        sums: M,
-    }
-
-    fn v1() -> V1 {
-        V1 {
+    fn old<M>(sums: M) -> SettledOld<M> {
+        SettledOld {
             hwm: 300,
             open: vec![7, 299],
             last_mac: [0xAB; 8],
             last_seq: 300,
+            sums,
         }
     }
 
-    fn v2() -> SumsV2 {
-        SumsV2 {
+    fn v2() -> SettledSumsV2 {
+        SettledSumsV2 {
             batches: 5,
             purchases: 40,
             purchases_total: 1_000_000_000_000,
@@ -1971,16 +1930,17 @@ mod tests {
 
     #[test]
     fn every_settled_layout_upgrades() {
-        // V1: no totals, no chain.
-        let s = settled_decode(&enc(&v1())).unwrap();
+        // V1: no totals, no chain. Its bytes written out by hand (postcard varints: 300 is
+        // AC 02, 299 is AB 02), so the test pins the old layout, not just our types.
+        let mut v1_bytes = vec![0xAC, 0x02, 0x02, 0x07, 0xAB, 0x02];
+        v1_bytes.extend_from_slice(&[0xAB; 8]);
+        v1_bytes.extend_from_slice(&[0xAC, 0x02]);
+        assert_eq!(enc(&old(())), v1_bytes);
+        let s = settled_decode(&v1_bytes).unwrap();
         check_v1_fields(&s);
         assert_eq!(s.sums, wire::SettledSums::default());
         // V2: totals and chain, no write-offs.
-        let s = settled_decode(&enc(&Old {
-            v1: v1(),
-            sums: v2(),
-        }))
-        .unwrap();
+        let s = settled_decode(&enc(&old(v2()))).unwrap();
         check_v1_fields(&s);
         check_v2_sums(&s.sums);
         assert_eq!(
@@ -1988,15 +1948,12 @@ mod tests {
             (0, 0)
         );
         // V3: write-offs without kind, carried as purchases.
-        let old = Old {
-            v1: v1(),
-            sums: SumsV3 {
-                v2: v2(),
-                written_off: 4,
-                written_off_total: 999,
-            },
-        };
-        let s = settled_decode(&enc(&old)).unwrap();
+        let v3 = old(SettledSumsV3 {
+            v2: v2(),
+            written_off: 4,
+            written_off_total: 999,
+        });
+        let s = settled_decode(&enc(&v3)).unwrap();
         check_v1_fields(&s);
         check_v2_sums(&s.sums);
         assert_eq!(
