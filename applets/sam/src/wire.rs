@@ -281,6 +281,17 @@ message!(
     sam_challenge: b8,
 });
 
+impl BeginPurchase {
+    /// The purse's INIT PURCHASE for this session: the SAM's ID and challenge, which the
+    /// card cryptogram of its answer then covers.
+    pub fn init_purchase(&self) -> tessera_purse::wire::InitPurchase {
+        tessera_purse::wire::InitPurchase {
+            sam_id: self.sam_id,
+            sam_challenge: self.sam_challenge,
+        }
+    }
+}
+
 message!(
     /// CONFIRM LOAD / CONFIRM PURCHASE data: the card's receipt for a pending
     /// authorisation. The SAM verifies it and journals the entry as confirmed. Confirming

@@ -274,18 +274,12 @@ fn purchase_authorisation_needs_session_and_genuine_card() {
     let mut p = purse(&mut iss, &PurseOpts::default());
     load(&mut iss, &mut p, 1_000);
     let begin = w::BeginPurchase::decode(&t.ok(ins::BEGIN_PURCHASE, 0, 0, &[])).unwrap();
-    let ip = pw::InitPurchaseResponse::decode(
-        &p.ok(
-            pw::ins::INIT_PURCHASE,
-            0,
-            0,
-            &pw::InitPurchase {
-                sam_id: begin.sam_id,
-                sam_challenge: begin.sam_challenge,
-            }
-            .encode(),
-        ),
-    )
+    let ip = pw::InitPurchaseResponse::decode(&p.ok(
+        pw::ins::INIT_PURCHASE,
+        0,
+        0,
+        &begin.init_purchase().encode(),
+    ))
     .unwrap();
     let honest = pw::AuthorizePurchase::new(&ip, 10, [1, 2, 3, 4], T0);
     let req = pw::AuthorizePurchase {

@@ -20,8 +20,8 @@ use crate::transport::{Transport, TransportError};
 use serde::Serialize;
 use tessera_apdu::Sw;
 use tessera_purse::wire::{
-    self as pw, AuthorizeLoad, AuthorizePurchase, InitPurchase, Load, LogRecord, Purchase,
-    PurseData, PurseId, TxnStatus, TxnStatusQuery, ValueReceipt,
+    self as pw, AuthorizeLoad, AuthorizePurchase, Load, LogRecord, Purchase, PurseData, PurseId,
+    TxnStatus, TxnStatusQuery, ValueReceipt,
 };
 use tessera_sam::wire::{
     self as sw_, Confirm, JournalAck, JournalBatch, JournalEntry, Resolve, SamData,
@@ -856,10 +856,7 @@ where
         .begin_purchase()
         .map_err(|e| sam_err("BEGIN PURCHASE", e))?;
     let init = PurseClient::new(&mut *purse)
-        .init_purchase(&InitPurchase {
-            sam_id: begin.sam_id,
-            sam_challenge: begin.sam_challenge,
-        })
+        .init_purchase(&begin.init_purchase())
         .map_err(|e| purse_err("INIT PURCHASE", e))?;
     // Refusals the host can see coming are made before the SAM authorises anything.
     if init.balance < req.amount {

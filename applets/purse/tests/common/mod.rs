@@ -476,10 +476,7 @@ pub fn prepare_purchase(
 ) -> Result<PreparedPurchase, Sw> {
     let begin =
         sw::BeginPurchase::decode(&sam.ok(sw::ins::BEGIN_PURCHASE, 0, 0, &[])).expect("begin");
-    let init = pw::InitPurchase {
-        sam_id: begin.sam_id,
-        sam_challenge: begin.sam_challenge,
-    };
+    let init = begin.init_purchase();
     let ip =
         pw::InitPurchaseResponse::decode(&purse.ok(pw::ins::INIT_PURCHASE, 0, 0, &init.encode()))
             .expect("ip");

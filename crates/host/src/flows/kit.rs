@@ -21,7 +21,7 @@ use tessera_crypto::rng::CardRng;
 use tessera_crypto::rsa::{RsaPrivateKey, RsaPublicKey};
 use tessera_crypto::x509::{self, CardCertificate, CardRole, CertificateParams, X509Error};
 use tessera_os::{Card, LoadFile, OsError, Privileges};
-use tessera_purse::wire::{AuthorizePurchase, InitPurchase, PURSE_AID, PurseData, PurseInstall};
+use tessera_purse::wire::{AuthorizePurchase, PURSE_AID, PurseData, PurseInstall};
 use tessera_sam::wire::{SAM_AID, SamData, SamInstall, role};
 use zeroize::Zeroizing;
 
@@ -526,10 +526,7 @@ where
     let begin = SamClient::new(&mut *sam).begin_purchase()?;
     let mut p = PurseClient::new(purse);
     p.select()?;
-    let init = p.init_purchase(&InitPurchase {
-        sam_id: begin.sam_id,
-        sam_challenge: begin.sam_challenge,
-    })?;
+    let init = p.init_purchase(&begin.init_purchase())?;
     let req = AuthorizePurchase::new(&init, amount, terminal_id, terminal_time);
     Ok(SamClient::new(sam).authorize_purchase(&req)?.sam_txn)
 }
